@@ -1,0 +1,118 @@
+"""Identifier syntax: ``<prefix>/<suffix>``, matched ASCII case-insensitively.
+
+A handle keeps the caller's spelling (``text``) for answers and a key
+(``prefix_key``, ``suffix_key``) with ASCII letters folded to lower case for
+lookups, as Handle.Net servers do: ``88.118.8/ABC`` and ``88.118.8/abc`` are
+one identifier.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import unquote_to_bytes
+
+from registry.errors import InvalidHandle
+
+MAX_HANDLE_BYTES = 2048
+"""Longest handle accepted, in UTF-8 bytes."""
+
+NA_PREFIX = "0.NA"
+"""The prefix under which the records of prefixes (``0.NA/88.118.8``) live."""
+
+_ASCII_FOLD = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def fold(text: str) -> str:
+    """Lower-case ASCII letters only (Handle matching leaves other letters alone)."""
+    return text.translate(_ASCII_FOLD)
+
+
+def _check_text(text: str, what: str) -> None:
+    if not text:
+        raise InvalidHandle(f"{what} is empty", handle=text)
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_HANDLE_BYTES:
+        raise InvalidHandle(f"{what} is longer than {MAX_HANDLE_BYTES} bytes", handle=text[:64])
+    for ch in text:
+        if ord(ch) < 0x20 or ord(ch) == 0x7F or 0xD800 <= ord(ch) <= 0xDFFF:
+            raise InvalidHandle(
+                f"{what} contains the control character U+{ord(ch):04X}", handle=text[:64]
+            )
+
+
+def check_prefix(prefix: str) -> str:
+    """Validate a prefix such as ``88.118.8``; answer it unchanged."""
+    _check_text(prefix, "prefix")
+    if "/" in prefix:
+        raise InvalidHandle("prefix must not contain '/'", handle=prefix)
+    if any(not part for part in prefix.split(".")):
+        raise InvalidHandle("prefix has an empty dotted segment", handle=prefix)
+    return prefix
+
+
+@dataclass(frozen=True, slots=True)
+class Handle:
+    """A parsed identifier."""
+
+    text: str
+    prefix: str
+    suffix: str
+
+    @property
+    def prefix_key(self) -> str:
+        return fold(self.prefix)
+
+    @property
+    def suffix_key(self) -> str:
+        return fold(self.suffix)
+
+    @property
+    def key(self) -> str:
+        return fold(self.text)
+
+    @property
+    def is_prefix_record(self) -> bool:
+        """True for ``0.NA/<prefix>``, the record of a prefix."""
+        return self.prefix_key == fold(NA_PREFIX)
+
+    @property
+    def homing_prefix(self) -> str:
+        """The prefix that must be homed here for this node to serve the handle."""
+        return self.suffix if self.is_prefix_record else self.prefix
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def parse(text: str) -> Handle:
+    """Parse a handle; raise ``InvalidHandle`` naming what is wrong."""
+    _check_text(text, "handle")
+    prefix, slash, suffix = text.partition("/")
+    if not slash:
+        raise InvalidHandle("handle has no '/' between prefix and suffix", handle=text)
+    if not prefix:
+        raise InvalidHandle("handle has an empty prefix", handle=text)
+    if not suffix:
+        raise InvalidHandle("handle has an empty suffix", handle=text)
+    check_prefix(prefix)
+    return Handle(text, prefix, suffix)
+
+
+def decode_path(raw: str) -> str:
+    """Percent-decode a raw URL path segment as strict UTF-8."""
+    try:
+        return unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidHandle(
+            f"handle is not valid UTF-8 after percent-decoding (byte {exc.start})"
+        ) from None
+
+
+def prefix_record(prefix: str) -> Handle:
+    """The handle of a prefix's own record, ``0.NA/<prefix>``."""
+    return Handle(f"{NA_PREFIX}/{prefix}", NA_PREFIX, prefix)
+
+
+def parent_prefixes(prefix: str) -> list[str]:
+    """``88.118.8`` → ``['88.118.8', '88.118', '88']``."""
+    parts = prefix.split(".")
+    return [".".join(parts[:n]) for n in range(len(parts), 0, -1)]

@@ -1,0 +1,250 @@
+"""Registration: create, replace, change and delete records, and home prefixes.
+
+Each operation checks responsibility, authorises the caller against the
+HS_ADMIN values that apply, then makes its change in one transaction (rows,
+audit entry, notification). A failure at any step leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+from registry import handle as hs
+from registry import permissions
+from registry import values as hv
+from registry.auth import Authority, Identity
+from registry.errors import (
+    HandleAlreadyExists,
+    HandleNotFound,
+    InsufficientPermissions,
+    InvalidValue,
+    NotResponsible,
+    ValueAlreadyExists,
+    ValuesNotFound,
+)
+from registry.permissions import Perm
+from registry.secrets import hash_secret, is_hashed
+from registry.store import Record, Store, Transaction
+
+Clock = Callable[[], float]
+
+ADMIN_INDEX = 100
+SECRET_INDEX = 300
+
+
+def format_timestamp(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def _is_admin(v: hv.Value) -> bool:
+    return v.type.upper() == hv.ADMIN_TYPE
+
+
+def _protect_secret(v: hv.Value) -> hv.Value:
+    """Store HS_SECKEY secrets only as salted hashes."""
+    if v.type.upper() != hv.SECKEY_TYPE:
+        return v
+    if v.format != "string" or not isinstance(v.data, str) or not v.data:
+        raise InvalidValue(
+            f"value {v.index}: HS_SECKEY data must be a non-empty string secret", index=v.index
+        )
+    return v if is_hashed(v.data) else replace(v, data=hash_secret(v.data))
+
+
+def _changes(old: Sequence[hv.Value], new: Sequence[hv.Value]) -> set[Perm]:
+    """The permissions needed to turn ``old`` into ``new``."""
+    before = {v.index: v for v in old}
+    after = {v.index: v for v in new}
+    need: set[Perm] = set()
+    for index in before.keys() - after.keys():
+        need.add(Perm.REMOVE_ADMIN if _is_admin(before[index]) else Perm.REMOVE_VALUE)
+    for index in after.keys() - before.keys():
+        need.add(Perm.ADD_ADMIN if _is_admin(after[index]) else Perm.ADD_VALUE)
+    for index in after.keys() & before.keys():
+        if not after[index].same_content(before[index]):
+            admin = _is_admin(after[index]) or _is_admin(before[index])
+            need.add(Perm.MODIFY_ADMIN if admin else Perm.MODIFY_VALUE)
+    return need
+
+
+def _keep_timestamps(old: Sequence[hv.Value], new: Sequence[hv.Value]) -> list[hv.Value]:
+    """Unchanged values keep the time they were last written."""
+    before = {v.index: v for v in old}
+    return [
+        replace(v, timestamp=before[v.index].timestamp)
+        if v.index in before and v.same_content(before[v.index])
+        else v
+        for v in new
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class PutResult:
+    handle: str
+    created: bool
+
+
+class Registry:
+    """The write side of the node."""
+
+    def __init__(self, store: Store, *, clock: Clock = time.time) -> None:
+        self.store = store
+        self.authority = Authority(store)
+        self.clock = clock
+
+    def timestamp(self) -> str:
+        return format_timestamp(self.clock())
+
+    async def check_responsible(self, h: hs.Handle) -> None:
+        await self.store.require_homed(h.homing_prefix, h.text)
+
+    def _with_default_admin(self, who: Identity, values: list[hv.Value]) -> list[hv.Value]:
+        """A new record without HS_ADMIN gets one naming its creator, as Handle.Net does."""
+        if any(_is_admin(v) for v in values):
+            return values
+        used = {v.index for v in values}
+        index = next(i for i in range(ADMIN_INDEX, hv.MAX_INDEX) if i not in used)
+        admin = {
+            "handle": who.handle.text,
+            "index": who.index,
+            "permissions": permissions.HANDLE_ADMIN_DEFAULT,
+        }
+        return [*values, hv.Value(index, hv.ADMIN_TYPE, "admin", admin, timestamp=self.timestamp())]
+
+    async def put_record(
+        self,
+        who: Identity | None,
+        h: hs.Handle,
+        values: list[hv.Value],
+        *,
+        overwrite: bool = True,
+        mint: bool = False,
+    ) -> PutResult:
+        """Create a record, or replace it whole when ``overwrite``."""
+        await self.check_responsible(h)
+        values = [_protect_secret(v) for v in values]
+        if mint:
+            h = hs.parse(f"{h.prefix}/{h.suffix}{uuid.uuid4()}")
+        async with self.store.writing() as tx:
+            old = await tx.lock(h)
+            if old is None:
+                if h.is_prefix_record:
+                    raise NotResponsible("prefix records are created by `idnode prefix add`")
+                await self.authority.require(who, h, [Perm.ADD_HANDLE], None)
+                assert who is not None
+                values = self._with_default_admin(who, values)
+                if not await tx.insert(h, values):
+                    raise HandleAlreadyExists(handle=h.text)
+                await tx.audit(str(who), "create", h.text, [v.index for v in values])
+                return PutResult(h.text, created=True)
+            if not overwrite:
+                raise HandleAlreadyExists(handle=h.text)
+            await self.authority.require(who, h, _changes(old.values, values), old.values)
+            values = _keep_timestamps(old.values, values)
+            await tx.update(h, values)
+            await tx.audit(str(who), "replace", h.text, [v.index for v in values])
+            return PutResult(h.text, created=False)
+
+    async def put_values(
+        self,
+        who: Identity | None,
+        h: hs.Handle,
+        values: list[hv.Value],
+        indexes: Sequence[int],
+        *,
+        overwrite: bool = True,
+    ) -> PutResult:
+        """Add or change the values at ``indexes`` of an existing record."""
+        wanted, sent = set(indexes), {v.index for v in values}
+        if wanted != sent:
+            missing = sorted(wanted - sent) or sorted(sent - wanted)
+            raise InvalidValue(
+                "the index= parameters and the indexes of the values sent must be the same "
+                f"(they differ at {', '.join(map(str, missing))})",
+                handle=h.text,
+            )
+        await self.check_responsible(h)
+        values = [_protect_secret(v) for v in values]
+        async with self.store.writing() as tx:
+            old = await self._existing(tx, h)
+            present = {v.index for v in old.values}
+            if not overwrite and present & wanted:
+                first = min(present & wanted)
+                raise ValueAlreadyExists(
+                    f"value {first} already exists", handle=h.text, index=first
+                )
+            merged = [v for v in old.values if v.index not in wanted] + values
+            await self.authority.require(who, h, _changes(old.values, merged), old.values)
+            merged = _keep_timestamps(old.values, merged)
+            await tx.update(h, merged)
+            await tx.audit(str(who), "put-values", h.text, sorted(wanted))
+        return PutResult(h.text, created=not overwrite)
+
+    async def delete_record(self, who: Identity | None, h: hs.Handle) -> None:
+        await self.check_responsible(h)
+        async with self.store.writing() as tx:
+            old = await self._existing(tx, h)
+            if h.is_prefix_record:
+                raise InsufficientPermissions(
+                    "a prefix record cannot be deleted through the API", handle=h.text
+                )
+            await self.authority.require(who, h, [Perm.DELETE_HANDLE], old.values)
+            await tx.delete(h)
+            await tx.audit(str(who), "delete", h.text)
+
+    async def delete_values(
+        self, who: Identity | None, h: hs.Handle, indexes: Sequence[int]
+    ) -> None:
+        await self.check_responsible(h)
+        wanted = set(indexes)
+        async with self.store.writing() as tx:
+            old = await self._existing(tx, h)
+            absent = wanted - {v.index for v in old.values}
+            if absent:
+                raise ValuesNotFound(
+                    f"no value at index {', '.join(map(str, sorted(absent)))}", handle=h.text
+                )
+            kept = [v for v in old.values if v.index not in wanted]
+            await self.authority.require(who, h, _changes(old.values, kept), old.values)
+            await tx.update(h, kept)
+            await tx.audit(str(who), "delete-values", h.text, sorted(wanted))
+
+    @staticmethod
+    async def _existing(tx: Transaction, h: hs.Handle) -> Record:
+        record = await tx.lock(h)
+        if record is None:
+            raise HandleNotFound(handle=h.text)
+        return record
+
+    async def home_prefix(self, prefix: str, secret: str, *, actor: str = "cli") -> bool:
+        """Home ``prefix``: record it and create ``0.NA/<prefix>`` with its admin and secret.
+
+        Answers False (and changes nothing) when the prefix is homed already.
+        """
+        hs.check_prefix(prefix)
+        if not secret:
+            raise InvalidValue("the admin secret must not be empty")
+        record = hs.prefix_record(prefix)
+        now = self.timestamp()
+        admin = {"handle": record.text, "index": SECRET_INDEX, "permissions": permissions.ALL}
+        values = [
+            hv.Value(ADMIN_INDEX, hv.ADMIN_TYPE, "admin", admin, timestamp=now),
+            hv.Value(
+                SECRET_INDEX,
+                hv.SECKEY_TYPE,
+                "string",
+                hash_secret(secret),
+                timestamp=now,
+                permissions=hv.SECRET_PERMISSIONS,
+            ),
+        ]
+        async with self.store.writing() as tx:
+            if not await tx.home_prefix(prefix):
+                return False
+            if not await tx.insert(record, values):
+                await tx.update(record, values)
+            await tx.audit(actor, "home-prefix", record.text, [ADMIN_INDEX, SECRET_INDEX])
+        return True

@@ -1,0 +1,70 @@
+"""HS_SECKEY secrets: stored only as salted PBKDF2-HMAC-SHA256 hashes.
+
+A stored secret looks like ``pbkdf2-sha256$<iterations>$<salt b64>$<hash b64>``.
+Checks run in constant time. A successful check is remembered for the life of
+the process under an HMAC of the presented secret with a per-process key, so a
+busy client does not pay the slow hash on every request; the memo is keyed by
+the stored hash too, so a changed secret is never matched by an old entry.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
+
+SCHEME = "pbkdf2-sha256"
+ITERATIONS = 600_000
+_MEMO_LIMIT = 4096
+_memo_key = os.urandom(32)
+_verified: dict[tuple[str, bytes], None] = {}
+
+
+def _derive(secret: bytes, salt: bytes, iterations: int) -> bytes:
+    return PBKDF2HMAC(hashes.SHA256(), 32, salt, iterations).derive(secret)
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
+
+
+def hash_secret(secret: str, *, iterations: int = ITERATIONS) -> str:
+    """Hash a secret for storage."""
+    salt = os.urandom(16)
+    digest = _derive(secret.encode("utf-8"), salt, iterations)
+    return f"{SCHEME}${iterations}${_b64(salt)}${_b64(digest)}"
+
+
+def is_hashed(stored: object) -> bool:
+    """True when ``stored`` is already in the stored-hash form."""
+    if not isinstance(stored, str) or not stored.startswith(SCHEME + "$"):
+        return False
+    parts = stored.split("$")
+    return len(parts) == 4 and parts[1].isdigit()
+
+
+def verify_secret(secret: str, stored: str) -> bool:
+    """Check a presented secret against a stored hash, in constant time."""
+    if not is_hashed(stored):
+        return False
+    memo = (stored, hmac.new(_memo_key, secret.encode("utf-8"), hashlib.sha256).digest())
+    if memo in _verified:
+        return True
+    _, iterations, salt, digest = stored.split("$")
+    try:
+        expected = base64.b64decode(digest, validate=True)
+        derived = _derive(
+            secret.encode("utf-8"), base64.b64decode(salt, validate=True), int(iterations)
+        )
+    except ValueError:
+        return False
+    if not hmac.compare_digest(derived, expected):
+        return False
+    if len(_verified) >= _MEMO_LIMIT:
+        _verified.clear()
+    _verified[memo] = None
+    return True

@@ -1,0 +1,209 @@
+"""The PostgreSQL store: the source of truth for records and homed prefixes.
+
+Every write happens inside ``Store.writing()``: one transaction that changes
+rows, appends the audit entry and sends ``NOTIFY idnode_changes`` with the
+changed handle's key, so every serving process can drop it from its cache.
+asyncpg's exceptions stop here: callers see only the node's own error tree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+import asyncpg
+import orjson
+
+from registry import values as hv
+from registry.errors import NotResponsible, ServerTooBusy, StoreError
+from registry.handle import Handle, fold
+
+CHANNEL = "idnode_changes"
+"""The NOTIFY channel that carries the key of every changed handle."""
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A handle's whole record as stored."""
+
+    handle: str
+    values: tuple[hv.Value, ...]
+
+
+def _encode_values(values: Sequence[hv.Value]) -> str:
+    return orjson.dumps([v.to_json() for v in sorted(values, key=lambda v: v.index)]).decode()
+
+
+def _record(row: asyncpg.Record) -> Record:
+    return Record(
+        row["handle"], tuple(hv.from_stored(item) for item in orjson.loads(row["values"]))
+    )
+
+
+@contextlib.asynccontextmanager
+async def _translated() -> AsyncIterator[None]:
+    """Translate asyncpg and socket failures into the node's errors."""
+    try:
+        yield
+    except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError) as exc:
+        raise ServerTooBusy(f"database unavailable: {type(exc).__name__}") from exc
+    except asyncpg.PostgresError as exc:
+        raise StoreError(f"database error {exc.sqlstate}: {exc}") from exc
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # values are (de)serialised with orjson by this module; keep jsonb as text on the wire
+    await conn.set_type_codec("jsonb", encoder=str, decoder=str, schema="pg_catalog")
+
+
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+    """A connection pool set up for this store."""
+    async with _translated():
+        pool: asyncpg.Pool = await asyncpg.create_pool(
+            dsn, min_size=min_size, max_size=max_size, init=_init_connection
+        )
+    return pool
+
+
+class Transaction:
+    """The write side of one open transaction."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+        self.changed: set[str] = set()
+
+    async def lock(self, h: Handle) -> Record | None:
+        """Read a record and lock it until the transaction ends."""
+        row = await self._conn.fetchrow(
+            'SELECT handle, "values"::text AS "values" FROM handles'
+            " WHERE prefix_key = $1 AND suffix_key = $2 FOR UPDATE",
+            h.prefix_key,
+            h.suffix_key,
+        )
+        return _record(row) if row else None
+
+    async def insert(self, h: Handle, values: Sequence[hv.Value]) -> bool:
+        """Create a record; False when it exists already."""
+        inserted = await self._conn.fetchval(
+            'INSERT INTO handles (prefix_key, suffix_key, handle, "values")'
+            " VALUES ($1, $2, $3, $4::jsonb) ON CONFLICT DO NOTHING RETURNING true",
+            h.prefix_key,
+            h.suffix_key,
+            h.text,
+            _encode_values(values),
+        )
+        if inserted:
+            self.changed.add(h.key)
+        return bool(inserted)
+
+    async def update(self, h: Handle, values: Sequence[hv.Value]) -> None:
+        await self._conn.execute(
+            'UPDATE handles SET "values" = $3::jsonb, updated_at = now()'
+            " WHERE prefix_key = $1 AND suffix_key = $2",
+            h.prefix_key,
+            h.suffix_key,
+            _encode_values(values),
+        )
+        self.changed.add(h.key)
+
+    async def delete(self, h: Handle) -> bool:
+        status = await self._conn.execute(
+            "DELETE FROM handles WHERE prefix_key = $1 AND suffix_key = $2",
+            h.prefix_key,
+            h.suffix_key,
+        )
+        self.changed.add(h.key)
+        return bool(status.endswith(" 1"))
+
+    async def home_prefix(self, prefix: str) -> bool:
+        """Record a homed prefix; False when it was homed already."""
+        return bool(
+            await self._conn.fetchval(
+                "INSERT INTO prefixes (prefix_key, prefix) VALUES ($1, $2)"
+                " ON CONFLICT DO NOTHING RETURNING true",
+                fold(prefix),
+                prefix,
+            )
+        )
+
+    async def audit(
+        self, actor: str, operation: str, handle: str, indexes: Sequence[int] | None = None
+    ) -> None:
+        await self._conn.execute(
+            "INSERT INTO audit_log (actor, operation, handle, indexes) VALUES ($1, $2, $3, $4)",
+            actor,
+            operation,
+            handle,
+            list(indexes) if indexes is not None else None,
+        )
+
+
+class Store:
+    """Reads and transactions over one asyncpg pool."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def get(self, h: Handle) -> Record | None:
+        """The whole record of one handle, by one primary-key lookup."""
+        async with _translated():
+            row = await self.pool.fetchrow(
+                'SELECT handle, "values"::text AS "values" FROM handles'
+                " WHERE prefix_key = $1 AND suffix_key = $2",
+                h.prefix_key,
+                h.suffix_key,
+            )
+        return _record(row) if row else None
+
+    async def is_homed(self, prefix: str) -> bool:
+        async with _translated():
+            found = await self.pool.fetchval(
+                "SELECT true FROM prefixes WHERE prefix_key = $1", fold(prefix)
+            )
+        return bool(found)
+
+    async def require_homed(self, prefix: str, handle: str) -> None:
+        """Raise ``NotResponsible`` unless ``prefix`` is homed on this node."""
+        if not await self.is_homed(prefix):
+            raise NotResponsible(f"prefix {prefix} is not homed on this node", handle=handle)
+
+    async def homed_prefixes(self) -> list[str]:
+        async with _translated():
+            rows = await self.pool.fetch("SELECT prefix FROM prefixes ORDER BY prefix_key")
+        return [r["prefix"] for r in rows]
+
+    async def count_handles(self, prefix: str) -> int:
+        async with _translated():
+            total = await self.pool.fetchval(
+                "SELECT count(*) FROM handles WHERE prefix_key = $1", fold(prefix)
+            )
+        return int(total)
+
+    async def list_handles(self, prefix: str, offset: int, limit: int) -> list[str]:
+        async with _translated():
+            rows = await self.pool.fetch(
+                "SELECT handle FROM handles WHERE prefix_key = $1"
+                " ORDER BY suffix_key OFFSET $2 LIMIT $3",
+                fold(prefix),
+                offset,
+                limit,
+            )
+        return [r["handle"] for r in rows]
+
+    @contextlib.asynccontextmanager
+    async def writing(self) -> AsyncIterator[Transaction]:
+        """One write transaction; notifies the changed handles when it commits."""
+        async with _translated(), self.pool.acquire() as conn, conn.transaction():
+            tx = Transaction(conn)
+            yield tx
+            for key in sorted(tx.changed):
+                await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, key)
+
+    async def ping(self) -> float:
+        """Round-trip time of a trivial query, in seconds."""
+        started = time.perf_counter()
+        async with _translated():
+            await self.pool.fetchval("SELECT 1")
+        return time.perf_counter() - started

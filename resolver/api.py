@@ -1,0 +1,252 @@
+"""The Handle JSON REST API: ``/api/handles`` and ``/api/prefixes``.
+
+Handlers parse, call the pipeline (reads) or the registry (writes), and encode;
+every failure is raised as an error of the one tree and answered as JSON by the
+error middleware in ``resolver.app``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+from multidict import MultiMapping
+
+from registry import handle as hs
+from registry import values as hv
+from registry.auth import Authority, Identity, split_basic
+from registry.errors import (
+    AuthenticationNeeded,
+    HandleNotFound,
+    InvalidValue,
+    NotAnAdmin,
+    ProtocolError,
+    UnsupportedMediaType,
+    ValuesNotFound,
+)
+from registry.registry import Registry
+from registry.store import Store
+from resolver.metrics import Metrics
+from resolver.pipeline import Stage
+
+API_PREFIX = "/api/handles/"
+DEFAULT_PAGE_SIZE = 1000
+MAX_PAGE_SIZE = 10000
+HANDLE_TEXT = web.RequestKey("handle_text", str)
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """What the handlers need, built once per process."""
+
+    store: Store
+    registry: Registry
+    authority: Authority
+    pipeline: Stage
+    metrics: Metrics
+
+
+NODE = web.AppKey("node", Node)
+
+
+def json_response(body: dict[str, Any], status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+# --- request parsing -----------------------------------------------------------------------
+
+
+def _path_handle(request: web.Request) -> str:
+    """The handle in the path, percent-decoded as strict UTF-8."""
+    raw = request.raw_path.split("?", 1)[0][len(API_PREFIX) :]
+    text = hs.decode_path(raw)
+    request[HANDLE_TEXT] = text
+    return text
+
+
+def _flag(query: MultiMapping[str], name: str, default: bool) -> bool:
+    raw = query.get(name)
+    if raw is None:
+        return default
+    if raw.lower() in ("true", "1", "yes", ""):
+        return True
+    if raw.lower() in ("false", "0", "no"):
+        return False
+    raise ProtocolError(f"query parameter {name} must be true or false, got {raw!r}")
+
+
+def _indexes(query: MultiMapping[str]) -> list[int]:
+    out = []
+    for raw in query.getall("index", []):
+        try:
+            out.append(hv.parse_index(raw, where="query parameter index"))
+        except InvalidValue as exc:
+            raise ProtocolError(exc.message) from None
+    return out
+
+
+def _int_param(query: MultiMapping[str], name: str, default: int, high: int) -> int:
+    raw = query.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or int(raw) > high:
+        raise ProtocolError(f"query parameter {name} must be an integer from 0 to {high}")
+    return int(raw)
+
+
+async def _caller(request: web.Request, authority: Authority) -> Identity | None:
+    """The authenticated identity, None without credentials; 401 when they are wrong."""
+    header = request.headers.get("Authorization")
+    if header is None:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "basic":
+        raise AuthenticationNeeded(
+            f"authorization scheme {scheme!r} is not supported; use HTTP Basic with the "
+            "identity '<index>:<handle>' as user name"
+        )
+    try:
+        credentials = base64.b64decode(token.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        raise AuthenticationNeeded("Basic credentials are not valid base64 UTF-8") from None
+    user, secret = split_basic(credentials)
+    return await authority.authenticate(user, secret)
+
+
+async def _json_body(request: web.Request) -> Any:
+    if request.content_type != "application/json":
+        raise UnsupportedMediaType(
+            f"body must be sent as Content-Type: application/json, not {request.content_type!r}"
+        )
+    raw = await request.read()
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(f"body is not valid JSON: {exc}") from None
+
+
+# --- reads ---------------------------------------------------------------------------------
+
+
+def _visible(
+    values: Iterable[hv.Value], *, public_only: bool, may_read_private: bool
+) -> list[hv.Value]:
+    if public_only or not may_read_private:
+        return [v for v in values if v.public_read]
+    return [v for v in values if v.public_read or v.admin_read]
+
+
+async def get_handle(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    text = _path_handle(request)
+    h = hs.parse(text)
+    query = request.query
+    indexes, types = _indexes(query), query.getall("type", [])
+    who = await _caller(request, node.authority)
+    public_only = _flag(query, "publicOnly", who is None)
+    if not public_only and who is None:
+        raise AuthenticationNeeded("publicOnly=false needs an authenticated admin", handle=text)
+    record = await node.pipeline.resolve(h)
+    if record is None:
+        raise HandleNotFound(handle=text)
+    private_ok = False
+    if not public_only:
+        private_ok = await node.authority.may_read_private(who, h, record.values)
+        if not private_ok and "publicOnly" in query:
+            raise NotAnAdmin(f"{who} may not read the non-public values of {text}", handle=text)
+    chosen = hv.filter_values(record.values, indexes, types)
+    shown = _visible(chosen, public_only=public_only, may_read_private=private_ok)
+    if not shown and (indexes or types or record.values):
+        raise ValuesNotFound(handle=text)
+    return json_response(
+        {"responseCode": 1, "handle": text, "values": [v.to_json() for v in shown]}
+    )
+
+
+async def list_handles(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    query = request.query
+    prefix = query.get("prefix")
+    if not prefix:
+        raise ProtocolError("query parameter prefix is required")
+    hs.check_prefix(prefix)
+    page = _int_param(query, "page", 0, 2**31)
+    size = _int_param(query, "pageSize", DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+    await node.store.require_homed(prefix, prefix)
+    total = await node.store.count_handles(prefix)
+    handles = await node.store.list_handles(prefix, page * size, size) if size else []
+    return json_response(
+        {
+            "responseCode": 1,
+            "prefix": prefix,
+            "totalCount": str(total),
+            "page": page,
+            "pageSize": size,
+            "handles": handles,
+        }
+    )
+
+
+async def list_prefixes(request: web.Request) -> web.Response:
+    prefixes = await request.app[NODE].store.homed_prefixes()
+    return json_response(
+        {"responseCode": 1, "totalCount": str(len(prefixes)), "prefixes": prefixes}
+    )
+
+
+# --- writes --------------------------------------------------------------------------------
+
+
+def _write_target(text: str, mint: bool) -> hs.Handle:
+    """The handle to write; with mintNewSuffix the path may be a bare prefix or a stem."""
+    if not mint:
+        return hs.parse(text)
+    prefix, _, stem = text.partition("/")
+    hs.check_prefix(prefix)
+    return hs.Handle(f"{prefix}/{stem}", prefix, stem)
+
+
+async def put_handle(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    text = _path_handle(request)
+    query = request.query
+    mint = _flag(query, "mintNewSuffix", False)
+    h = _write_target(text, mint)
+    overwrite = _flag(query, "overwrite", True)
+    indexes = _indexes(query)
+    body = await _json_body(request)
+    values = hv.parse_values(body, timestamp=node.registry.timestamp())
+    who = await _caller(request, node.authority)
+    if indexes and not mint:
+        result = await node.registry.put_values(who, h, values, indexes, overwrite=overwrite)
+    else:
+        result = await node.registry.put_record(who, h, values, overwrite=overwrite, mint=mint)
+    request[HANDLE_TEXT] = result.handle
+    status = 201 if result.created else 200
+    return json_response({"responseCode": 1, "handle": result.handle}, status)
+
+
+async def delete_handle(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    text = _path_handle(request)
+    h = hs.parse(text)
+    indexes = _indexes(request.query)
+    who = await _caller(request, node.authority)
+    if indexes:
+        await node.registry.delete_values(who, h, indexes)
+    else:
+        await node.registry.delete_record(who, h)
+    return json_response({"responseCode": 1, "handle": text})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/api/handles", list_handles, name="list")
+    app.router.add_get("/api/prefixes", list_prefixes, name="prefixes")
+    app.router.add_get("/api/handles/{handle:.*}", get_handle, name="resolve")
+    app.router.add_put("/api/handles/{handle:.*}", put_handle, name="write")
+    app.router.add_delete("/api/handles/{handle:.*}", delete_handle, name="delete")

@@ -1,0 +1,166 @@
+"""The aiohttp application: lifecycle, the error middleware, health and metrics."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from registry import migrate
+from registry.errors import (
+    AuthenticationNeeded,
+    ClientError,
+    InternalError,
+    PayloadTooLarge,
+    ProtocolError,
+)
+from registry.registry import Clock, Registry
+from registry.store import Store, create_pool
+from resolver import api
+from resolver.config import Config
+from resolver.metrics import Metrics
+from resolver.pipeline import StoreStage
+
+log = logging.getLogger("idnode")
+WRITE_METHODS = frozenset({"PUT", "POST", "DELETE", "PATCH"})
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_response(request: web.Request, exc: ClientError | InternalError) -> web.Response:
+    write = request.method in WRITE_METHODS
+    handle = getattr(exc, "handle", None) or request.get(api.HANDLE_TEXT, "")
+    if isinstance(exc, ClientError):
+        status = exc.status_for(write=write)
+        message = exc.message
+    else:
+        status, message = exc.http_status, "internal server error"
+    response = api.json_response(
+        {"responseCode": exc.response_code, "handle": handle, "message": message}, status
+    )
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Basic realm="idnode"'
+    return response
+
+
+def _translate_http(exc: web.HTTPException) -> ClientError:
+    if exc.status == 413:
+        return PayloadTooLarge(f"request body is larger than the limit ({exc.text})")
+    if exc.status == 404:
+        return ProtocolError("no such endpoint")
+    if exc.status == 405:
+        return ProtocolError("method not allowed on this endpoint")
+    return ProtocolError(exc.reason)
+
+
+@web.middleware
+async def errors_and_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer every failure as a JSON error body; count and time every request."""
+    metrics = request.app[api.NODE].metrics
+    started = time.perf_counter()
+    endpoint = request.match_info.route.name or "other"
+    try:
+        response = await handler(request)
+    except ClientError as exc:
+        if isinstance(exc, AuthenticationNeeded):
+            metrics.auth_failures.inc()
+        response = error_response(request, exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        translated = _translate_http(exc)
+        response = error_response(request, translated)
+        response.set_status(exc.status)
+        for name in ("Allow",):
+            if name in exc.headers:
+                response.headers[name] = exc.headers[name]
+    except InternalError as exc:
+        log.error("%s %s failed: %s", request.method, request.path, exc.message)
+        response = error_response(request, exc)
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        response = error_response(request, InternalError())
+    if request.method in WRITE_METHODS and endpoint in ("write", "delete"):
+        outcome = "ok" if response.status < 400 else str(response.status)
+        metrics.writes.labels(endpoint, outcome).inc()
+    metrics.requests.labels("http", endpoint, str(response.status)).inc()
+    metrics.request_duration.labels("http", endpoint).observe(time.perf_counter() - started)
+    return response
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return api.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    node = request.app[api.NODE]
+    try:
+        await node.store.ping()
+        async with node.store.pool.acquire() as conn:
+            missing = await migrate.pending(conn)
+    except ClientError as exc:
+        return api.json_response({"status": "unavailable", "reason": exc.message}, 503)
+    if missing:
+        names = ", ".join(f"{m.version}_{m.name}" for m in missing)
+        return api.json_response({"status": "unavailable", "reason": f"pending: {names}"}, 503)
+    return api.json_response({"status": "ready"})
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    registry = request.app[api.NODE].metrics.registry
+    return web.Response(
+        body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )
+
+
+async def bootstrap(config: Config, registry: Registry) -> None:
+    """Home IDNODE_BOOTSTRAP_PREFIX on first start."""
+    prefix = config.bootstrap_prefix
+    if not prefix or await registry.store.is_homed(prefix):
+        return
+    secret = config.bootstrap_secret
+    if secret is None:
+        secret = secrets.token_urlsafe(24)
+        path = config.data_dir / "bootstrap-secret"
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secret + "\n")
+        print(
+            f"idnode: homed {prefix}; admin 300:0.NA/{prefix} secret {secret} "
+            f"(also written to {path}, mode 600; shown once)",
+            flush=True,
+        )
+    await registry.home_prefix(prefix, secret, actor="bootstrap")
+    log.info("bootstrap prefix %s homed", prefix)
+
+
+def create_app(
+    config: Config, dsn: str, *, clock: Clock = time.time, metrics: Metrics | None = None
+) -> web.Application:
+    """The node's application; the database is opened and migrated at start-up."""
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[errors_and_metrics])
+    metrics = metrics or Metrics()
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        pool = await create_pool(dsn, max_size=config.db_pool_size)
+        async with pool.acquire() as conn:
+            await migrate.migrate(conn)
+        store = Store(pool)
+        registry = Registry(store, clock=clock)
+        metrics.watch_pool(store)
+        app[api.NODE] = api.Node(store, registry, registry.authority, StoreStage(store), metrics)
+        await bootstrap(config, registry)
+        yield
+        await pool.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    api.add_routes(app)
+    app.router.add_get("/healthz", healthz, name="healthz")
+    app.router.add_get("/readyz", readyz, name="readyz")
+    app.router.add_get("/metrics", metrics_endpoint, name="metrics")
+    return app

@@ -1,0 +1,134 @@
+"""``idnode``: the single entry point of every command.
+
+Every command uses the node's database: ``DATABASE_URL`` when set, otherwise
+the embedded PostgreSQL under ``IDNODE_DATA_DIR`` (started if needed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import secrets
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+import uvloop
+from aiohttp import web
+
+from registry import migrate
+from registry.errors import ClientError, IdNodeError
+from registry.registry import Registry
+from registry.store import Store, create_pool
+from resolver.app import create_app
+from resolver.config import Config, configure_logging
+from resolver.database import database_url
+
+
+def _run(coro: Coroutine[Any, Any, int]) -> int:
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
+async def _with_store(config: Config, work: Callable[[Store], Awaitable[int]]) -> int:
+    pool = await create_pool(database_url(config), max_size=2)
+    try:
+        async with pool.acquire() as conn:
+            await migrate.migrate(conn)
+        return await work(Store(pool))
+    finally:
+        await pool.close()
+
+
+def cmd_serve(config: Config, args: argparse.Namespace) -> int:
+    dsn = database_url(config)
+    app = create_app(config, dsn)
+    print(f"idnode: serving on http://{config.host}:{config.port}", flush=True)
+    web.run_app(
+        app,
+        host=config.host,
+        port=config.port,
+        print=None,
+        loop=uvloop.new_event_loop(),
+        access_log=None,
+    )
+    return 0
+
+
+def cmd_migrate(config: Config, args: argparse.Namespace) -> int:
+    async def work(store: Store) -> int:
+        async with store.pool.acquire() as conn:
+            versions = sorted(await migrate.applied(conn))
+        print(f"idnode: schema at version {versions[-1] if versions else 0}")
+        return 0
+
+    return _run(_with_store(config, work))
+
+
+def cmd_prefix_add(config: Config, args: argparse.Namespace) -> int:
+    secret = args.secret or secrets.token_urlsafe(24)
+
+    async def work(store: Store) -> int:
+        if not await Registry(store).home_prefix(args.prefix, secret):
+            print(f"idnode: prefix {args.prefix} is already homed", file=sys.stderr)
+            return 1
+        print(f"idnode: homed {args.prefix}; admin identity 300:0.NA/{args.prefix}")
+        if not args.secret:
+            print(f"idnode: generated secret (shown once): {secret}")
+        return 0
+
+    return _run(_with_store(config, work))
+
+
+def cmd_prefix_list(config: Config, args: argparse.Namespace) -> int:
+    async def work(store: Store) -> int:
+        for prefix in await store.homed_prefixes():
+            print(prefix)
+        return 0
+
+    return _run(_with_store(config, work))
+
+
+def cmd_config_show(config: Config, args: argparse.Namespace) -> int:
+    for env, value, help_text in config.describe():
+        print(f"{env}={value}    # {help_text}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="idnode", description="Identifier-resolution node")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="serve the HTTP API").set_defaults(func=cmd_serve)
+    sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
+    prefix = sub.add_parser("prefix", help="manage homed prefixes")
+    psub = prefix.add_subparsers(dest="prefix_command", required=True)
+    add = psub.add_parser("add", help="home a prefix on this node")
+    add.add_argument("prefix", help="the prefix, e.g. 88.118.8")
+    add.add_argument("--secret", help="admin secret of 300:0.NA/PREFIX (generated if omitted)")
+    add.set_defaults(func=cmd_prefix_add)
+    psub.add_parser("list", help="list homed prefixes").set_defaults(func=cmd_prefix_list)
+    conf = sub.add_parser("config", help="configuration")
+    csub = conf.add_subparsers(dest="config_command", required=True)
+    csub.add_parser("show", help="print the effective settings").set_defaults(func=cmd_config_show)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        config = Config.from_env()
+        configure_logging(config)
+        code: int = args.func(config, args)
+    except ClientError as exc:
+        print(f"idnode: {exc.message}", file=sys.stderr)
+        return 1
+    except IdNodeError as exc:
+        print(f"idnode: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

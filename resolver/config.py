@@ -1,0 +1,149 @@
+"""The one configuration object, read from the environment and validated at start-up.
+
+Every setting has a default and a reason; an invalid value stops start-up with
+one line naming the setting (``IDNODE_PORT: must be an integer from 1 to 65535``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+from registry.errors import ConfigError, InvalidHandle
+from registry.handle import check_prefix
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    env: str
+    default: str | None
+    help: str
+
+
+SETTINGS: dict[str, Setting] = {
+    "host": Setting("IDNODE_HOST", "127.0.0.1", "address the HTTP server listens on"),
+    "port": Setting("IDNODE_PORT", "8000", "TCP port of the HTTP server"),
+    "data_dir": Setting(
+        "IDNODE_DATA_DIR", ".data", "where the embedded PostgreSQL and generated secrets live"
+    ),
+    "database_url": Setting(
+        "DATABASE_URL", None, "PostgreSQL server to use; unset starts the embedded one"
+    ),
+    "bootstrap_prefix": Setting(
+        "IDNODE_BOOTSTRAP_PREFIX", None, "prefix homed on first start when not yet homed"
+    ),
+    "bootstrap_secret": Setting(
+        "IDNODE_BOOTSTRAP_SECRET",
+        None,
+        "admin secret of the bootstrap prefix; unset generates one into DATA_DIR/bootstrap-secret",
+    ),
+    "max_body_bytes": Setting(
+        "IDNODE_MAX_BODY_BYTES", "1048576", "largest request body accepted, in bytes"
+    ),
+    "db_pool_size": Setting(
+        "IDNODE_DB_POOL_SIZE", "10", "most PostgreSQL connections one process opens"
+    ),
+    "log_level": Setting("IDNODE_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = Path(".data")
+    database_url: str | None = None
+    bootstrap_prefix: str | None = None
+    bootstrap_secret: str | None = None
+    max_body_bytes: int = 1048576
+    db_pool_size: int = 10
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
+        """Read every setting from ``env`` (default: the process environment)."""
+        env = os.environ if env is None else env
+        raw = {name: env.get(s.env) or s.default for name, s in SETTINGS.items()}
+        values: dict[str, Any] = {
+            "host": _parse("host", raw, str, _non_empty),
+            "port": _parse("port", raw, int, _between(1, 65535)),
+            "data_dir": _parse("data_dir", raw, Path, _non_empty),
+            "database_url": _parse("database_url", raw, str, _postgres_url),
+            "bootstrap_prefix": _parse("bootstrap_prefix", raw, str, _prefix),
+            "bootstrap_secret": raw["bootstrap_secret"],
+            "max_body_bytes": _parse("max_body_bytes", raw, int, _between(1024, 2**31)),
+            "db_pool_size": _parse("db_pool_size", raw, int, _between(1, 1000)),
+            "log_level": _parse("log_level", raw, str.upper, _log_level),
+        }
+        return cls(**values)
+
+    def describe(self) -> list[tuple[str, str, str]]:
+        """(environment variable, effective value, help) for every setting; secrets redacted."""
+        rows = []
+        for f in fields(self):
+            setting = SETTINGS[f.name]
+            value = getattr(self, f.name)
+            shown = "(unset)" if value is None else str(value)
+            if value is not None and ("secret" in f.name or f.name == "database_url"):
+                shown = "(set, redacted)"
+            rows.append((setting.env, shown, setting.help))
+        return rows
+
+
+def _parse(
+    name: str, raw: Mapping[str, str | None], convert: Callable[[str], T], check: Callable[[T], str]
+) -> T | None:
+    text = raw[name]
+    if text is None:
+        return None
+    env = SETTINGS[name].env
+    try:
+        value = convert(text.strip())
+    except ValueError:
+        raise ConfigError(f"{env}: cannot read {text!r} as {convert.__name__}") from None
+    problem = check(value)
+    if problem:
+        raise ConfigError(f"{env}: {problem}, got {text!r}")
+    return value
+
+
+def _non_empty(value: object) -> str:
+    return "" if str(value) else "must not be empty"
+
+
+def _between(low: int, high: int) -> Callable[[int], str]:
+    def check(value: int) -> str:
+        return "" if low <= value <= high else f"must be an integer from {low} to {high}"
+
+    return check
+
+
+def _postgres_url(value: str) -> str:
+    ok = value.startswith(("postgresql://", "postgres://"))
+    return "" if ok else "must be a postgresql:// URL"
+
+
+def _prefix(value: str) -> str:
+    try:
+        check_prefix(value)
+    except InvalidHandle as exc:
+        return f"not a valid prefix ({exc.message})"
+    return ""
+
+
+def _log_level(value: str) -> str:
+    ok = value in ("DEBUG", "INFO", "WARNING", "ERROR")
+    return "" if ok else "must be DEBUG, INFO, WARNING or ERROR"
+
+
+def configure_logging(config: Config) -> None:
+    logging.basicConfig(
+        level=getattr(logging, config.log_level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
