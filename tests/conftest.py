@@ -1,0 +1,231 @@
+"""Shared fixtures: a real PostgreSQL, a real node on a real socket, real clients.
+
+The database is the embedded PostgreSQL (started once per test session in a
+temporary directory) unless ``IDNODE_TEST_DATABASE_URL`` names a server; each
+session gets a freshly created database. Tests isolate themselves by homing
+their own prefixes through the ``tenant`` factory instead of truncating tables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import aiohttp
+import asyncpg
+import pytest
+from aiohttp import web
+
+from registry import migrate
+from registry.registry import Registry
+from registry.store import Store, create_pool
+from resolver.app import create_app
+from resolver.config import Config
+from resolver.database import start_embedded
+from resolver.metrics import Metrics
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_DB = "idnode_test"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def server_url() -> Iterator[str]:
+    """A PostgreSQL server: the one named by IDNODE_TEST_DATABASE_URL, or an embedded one."""
+    given = os.environ.get("IDNODE_TEST_DATABASE_URL")
+    if given:
+        yield given
+        return
+    workdir = Path(tempfile.mkdtemp(prefix="idnode-test-", dir="/tmp"))
+    yield start_embedded(workdir / "pg")
+
+
+async def _recreate(server: str) -> str:
+    conn = await asyncpg.connect(server)
+    try:
+        await conn.execute(f"DROP DATABASE IF EXISTS {TEST_DB} WITH (FORCE)")
+        await conn.execute(f"CREATE DATABASE {TEST_DB}")
+    finally:
+        await conn.close()
+    url = _with_database(server, TEST_DB)
+    conn = await asyncpg.connect(url)
+    try:
+        await migrate.migrate(conn)
+    finally:
+        await conn.close()
+    return url
+
+
+def _with_database(url: str, database: str) -> str:
+    """Swap the database of a postgresql:// URL (keeping host, socket and options)."""
+    base, _, query = url.partition("?")
+    scheme, _, rest = base.partition("://")
+    authority = rest.split("/", 1)[0]
+    return f"{scheme}://{authority}/{database}" + (f"?{query}" if query else "")
+
+
+@pytest.fixture(scope="session")
+def db_url(server_url: str) -> str:
+    """A freshly created, migrated database for this test session."""
+    return asyncio.run(_recreate(server_url))
+
+
+@pytest.fixture
+async def store(db_url: str) -> AsyncIterator[Store]:
+    pool = await create_pool(db_url, max_size=4)
+    try:
+        yield Store(pool)
+    finally:
+        await pool.close()
+
+
+@pytest.fixture
+def registry(store: Store) -> Registry:
+    return Registry(store)
+
+
+_prefix_numbers = itertools.count(100)
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """A homed prefix and the credentials of its admin identity."""
+
+    prefix: str
+    secret: str
+
+    @property
+    def identity(self) -> str:
+        return f"300:0.NA/{self.prefix}"
+
+    @property
+    def auth(self) -> dict[str, str]:
+        """Authorization header as pyhandle sends it (identity percent-encoded)."""
+        raw = f"{quote(self.identity, safe='')}:{self.secret}".encode()
+        return {"Authorization": "Basic " + base64.b64encode(raw).decode()}
+
+    def handle(self, suffix: str) -> str:
+        return f"{self.prefix}/{suffix}"
+
+
+def new_prefix() -> str:
+    return f"88.118.{next(_prefix_numbers)}"
+
+
+@pytest.fixture
+def tenant(registry: Registry) -> Callable[..., Awaitable[Tenant]]:
+    """Factory: ``await tenant()`` homes a fresh prefix and answers its admin."""
+
+    async def make(prefix: str | None = None, secret: str | None = None) -> Tenant:
+        t = Tenant(prefix or new_prefix(), secret or f"secret-{next(_prefix_numbers)}")
+        assert await registry.home_prefix(t.prefix, t.secret)
+        return t
+
+    return make
+
+
+@dataclass
+class RunningNode:
+    url: str
+    metrics: Metrics
+    session: aiohttp.ClientSession
+
+    def api(self, handle: str) -> str:
+        return f"{self.url}/api/handles/{handle}"
+
+
+@pytest.fixture
+async def node(db_url: str, tmp_path: Path) -> AsyncIterator[RunningNode]:
+    """The node's application served on a real loopback socket, and a client session."""
+    config = Config(port=free_port(), data_dir=tmp_path, database_url=db_url)
+    metrics = Metrics()
+    app = create_app(config, db_url, metrics=metrics)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", config.port)
+    await site.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            yield RunningNode(f"http://127.0.0.1:{config.port}", metrics, session)
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture(scope="module")
+def node_process(db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``idnode serve`` in its own process, as an operator runs it; answers its base URL."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": db_url,
+        "IDNODE_PORT": str(port),
+        "IDNODE_DATA_DIR": str(tmp_path_factory.mktemp("data")),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "resolver.cli", "serve"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                out = proc.stdout.read().decode() if proc.stdout else ""
+                proc.kill()
+                pytest.fail(f"idnode serve did not start:\n{out}")
+            time.sleep(0.1)
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        if proc.stdout:
+            proc.stdout.close()
+
+
+@pytest.fixture(scope="session")
+def cli(
+    db_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run an ``idnode`` command against the test database, as an operator would."""
+    data_dir = tmp_path_factory.mktemp("cli-data")
+
+    def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        full_env = {
+            **os.environ,
+            "DATABASE_URL": db_url,
+            "IDNODE_DATA_DIR": str(data_dir),
+            **(env or {}),
+        }
+        return subprocess.run(
+            [sys.executable, "-m", "resolver.cli", *args],
+            env=full_env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    return run
