@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -140,11 +140,35 @@ class Transaction:
         )
 
 
+ChangeHook = Callable[[Collection[str]], None]
+
+
 class Store:
-    """Reads and transactions over one asyncpg pool."""
+    """Reads and transactions over one asyncpg pool.
+
+    ``on_change`` hooks are called with the keys a transaction changed, after it
+    committed and before the write is answered (the writing process's own cache
+    is invalidated there; other processes learn of it through ``NOTIFY``).
+    """
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
+        self.on_change: list[ChangeHook] = []
+
+    async def lookup(self, h: Handle) -> tuple[bool, Record | None]:
+        """Whether the handle's prefix is homed here, and its record: one round trip."""
+        async with _translated():
+            row = await self.pool.fetchrow(
+                'SELECT p.prefix_key IS NOT NULL AS homed, h.handle, h."values"::text AS "values"'
+                " FROM (SELECT 1) AS one"
+                " LEFT JOIN prefixes p ON p.prefix_key = $3"
+                " LEFT JOIN handles h ON h.prefix_key = $1 AND h.suffix_key = $2",
+                h.prefix_key,
+                h.suffix_key,
+                fold(h.homing_prefix),
+            )
+        assert row is not None
+        return bool(row["homed"]), (_record(row) if row["handle"] is not None else None)
 
     async def get(self, h: Handle) -> Record | None:
         """The whole record of one handle, by one primary-key lookup."""
@@ -195,11 +219,15 @@ class Store:
     @contextlib.asynccontextmanager
     async def writing(self) -> AsyncIterator[Transaction]:
         """One write transaction; notifies the changed handles when it commits."""
-        async with _translated(), self.pool.acquire() as conn, conn.transaction():
-            tx = Transaction(conn)
-            yield tx
-            for key in sorted(tx.changed):
-                await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, key)
+        async with _translated(), self.pool.acquire() as conn:
+            async with conn.transaction():
+                tx = Transaction(conn)
+                yield tx
+                for key in sorted(tx.changed):
+                    await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, key)
+        if tx.changed:
+            for hook in self.on_change:
+                hook(tx.changed)
 
     async def ping(self) -> float:
         """Round-trip time of a trivial query, in seconds."""

@@ -31,6 +31,8 @@ from registry.errors import (
 )
 from registry.registry import Registry
 from registry.store import Store
+from resolver.cache import Entry
+from resolver.invalidation import Listener
 from resolver.metrics import Metrics
 from resolver.pipeline import Stage
 
@@ -49,6 +51,7 @@ class Node:
     authority: Authority
     pipeline: Stage
     metrics: Metrics
+    listener: Listener | None = None
 
 
 NODE = web.AppKey("node", Node)
@@ -141,6 +144,18 @@ def _visible(
     return [v for v in values if v.public_read or v.admin_read]
 
 
+def _plain_answer(request: web.Request, text: str, entry: Entry) -> web.Response:
+    """The whole public record, from the bytes encoded when the entry was filled."""
+    assert entry.record is not None
+    if entry.public == b"[]" and entry.record.values:
+        raise ValuesNotFound(handle=text)
+    headers = {"ETag": entry.etag, "Cache-Control": f"max-age={entry.max_age}"}
+    if entry.etag in request.headers.get("If-None-Match", ""):
+        return web.Response(status=304, headers=headers)
+    body = b'{"responseCode":1,"handle":' + orjson.dumps(text) + b',"values":' + entry.public + b"}"
+    return web.Response(body=body, headers=headers, content_type="application/json")
+
+
 async def get_handle(request: web.Request) -> web.Response:
     node = request.app[NODE]
     text = _path_handle(request)
@@ -151,9 +166,12 @@ async def get_handle(request: web.Request) -> web.Response:
     public_only = _flag(query, "publicOnly", who is None)
     if not public_only and who is None:
         raise AuthenticationNeeded("publicOnly=false needs an authenticated admin", handle=text)
-    record = await node.pipeline.resolve(h)
+    entry = await node.pipeline.resolve(h)
+    record = entry.record
     if record is None:
         raise HandleNotFound(handle=text)
+    if public_only and not indexes and not types:
+        return _plain_answer(request, text, entry)
     private_ok = False
     if not public_only:
         private_ok = await node.authority.may_read_private(who, h, record.values)

@@ -22,9 +22,11 @@ from registry.errors import (
 from registry.registry import Clock, Registry
 from registry.store import Store, create_pool
 from resolver import api
+from resolver.cache import Cache
 from resolver.config import Config
+from resolver.invalidation import Listener
 from resolver.metrics import Metrics
-from resolver.pipeline import StoreStage
+from resolver.pipeline import CacheStage, Stage, StoreStage
 
 log = logging.getLogger("idnode")
 WRITE_METHODS = frozenset({"PUT", "POST", "DELETE", "PATCH"})
@@ -140,7 +142,12 @@ async def bootstrap(config: Config, registry: Registry) -> None:
 
 
 def create_app(
-    config: Config, dsn: str, *, clock: Clock = time.time, metrics: Metrics | None = None
+    config: Config,
+    dsn: str,
+    *,
+    clock: Clock = time.time,
+    monotonic: Clock = time.monotonic,
+    metrics: Metrics | None = None,
 ) -> web.Application:
     """The node's application; the database is opened and migrated at start-up."""
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=[errors_and_metrics])
@@ -153,9 +160,26 @@ def create_app(
         store = Store(pool)
         registry = Registry(store, clock=clock)
         metrics.watch_pool(store)
-        app[api.NODE] = api.Node(store, registry, registry.authority, StoreStage(store), metrics)
+        pipeline: Stage = StoreStage(store)
+        listener = None
+        if config.cache_max_entries:
+            cache = Cache(
+                max_entries=config.cache_max_entries,
+                max_age=config.cache_max_age,
+                negative_ttl=config.cache_negative_ttl,
+                stale_for=config.cache_stale_seconds,
+                clock=monotonic,
+            )
+            store.on_change.append(cache.invalidate)
+            metrics.watch_cache(cache)
+            pipeline = CacheStage(pipeline, cache)
+            listener = Listener(dsn, cache)
+            listener.start()
+        app[api.NODE] = api.Node(store, registry, registry.authority, pipeline, metrics, listener)
         await bootstrap(config, registry)
         yield
+        if listener is not None:
+            await listener.stop()
         await pool.close()
 
     app.cleanup_ctx.append(lifecycle)

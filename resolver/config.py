@@ -50,6 +50,22 @@ SETTINGS: dict[str, Setting] = {
         "IDNODE_DB_POOL_SIZE", "10", "most PostgreSQL connections one process opens"
     ),
     "log_level": Setting("IDNODE_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR"),
+    "cache_max_entries": Setting(
+        "IDNODE_CACHE_MAX_ENTRIES", "100000", "resolutions cached per process (0 disables)"
+    ),
+    "cache_max_age": Setting(
+        "IDNODE_CACHE_MAX_AGE",
+        "3600",
+        "ceiling in seconds on keeping a cached record (it is dropped on change anyway)",
+    ),
+    "cache_negative_ttl": Setting(
+        "IDNODE_CACHE_NEGATIVE_TTL", "60", "seconds a 'not found' answer is cached"
+    ),
+    "cache_stale_seconds": Setting(
+        "IDNODE_CACHE_STALE_SECONDS",
+        "300",
+        "how long past freshness a cached record is served while PostgreSQL is down",
+    ),
 }
 
 
@@ -64,6 +80,10 @@ class Config:
     max_body_bytes: int = 1048576
     db_pool_size: int = 10
     log_level: str = "INFO"
+    cache_max_entries: int = 100000
+    cache_max_age: int = 3600
+    cache_negative_ttl: int = 60
+    cache_stale_seconds: int = 300
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
@@ -80,6 +100,10 @@ class Config:
             "max_body_bytes": _parse("max_body_bytes", raw, int, _between(1024, 2**31)),
             "db_pool_size": _parse("db_pool_size", raw, int, _between(1, 1000)),
             "log_level": _parse("log_level", raw, str.upper, _log_level),
+            "cache_max_entries": _parse("cache_max_entries", raw, int, _between(0, 100_000_000)),
+            "cache_max_age": _parse("cache_max_age", raw, int, _between(1, 86400 * 365)),
+            "cache_negative_ttl": _parse("cache_negative_ttl", raw, int, _between(0, 86400)),
+            "cache_stale_seconds": _parse("cache_stale_seconds", raw, int, _between(0, 86400 * 7)),
         }
         return cls(**values)
 

@@ -1,28 +1,98 @@
 """The resolution pipeline every front-end calls.
 
-Each stage has the same shape, ``async resolve(handle) -> Record | None``, so a
-stage can wrap another (a cache in front of the store, an upstream behind it)
-without the front-ends knowing.
+Each stage has the same shape, ``async resolve(handle) -> Entry``, so a stage can
+wrap another (the cache in front of the store, an upstream behind it) without
+the front-ends knowing. An ``Entry`` carries the record and its public values
+already encoded, so front-ends on the hot path do no JSON work.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 from typing import Protocol
 
+import orjson
+
+from registry.errors import NotResponsible, ServerTooBusy
 from registry.handle import Handle
 from registry.store import Record, Store
+from resolver.cache import Cache, Entry
+
+DEFAULT_MAX_AGE = 86400
 
 
 class Stage(Protocol):
-    async def resolve(self, h: Handle) -> Record | None: ...
+    async def resolve(self, h: Handle) -> Entry: ...
+
+
+def encode(record: Record | None) -> Entry:
+    """Encode a record's public values once, with their ETag and max-age."""
+    if record is None:
+        return Entry(None)
+    public = [v for v in record.values if v.public_read]
+    body = orjson.dumps([v.to_json() for v in public])
+    etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+    max_age = min((v.ttl for v in public), default=DEFAULT_MAX_AGE)
+    return Entry(record, body, etag, max_age)
+
+
+def _consume(flight: asyncio.Future[Entry]) -> None:
+    """Mark a fetch's failure as seen even when every waiter has gone away."""
+    if not flight.cancelled():
+        flight.exception()
 
 
 class StoreStage:
-    """Answers from PostgreSQL for prefixes homed here; 301 for the rest."""
+    """Answers from PostgreSQL for prefixes homed here; responseCode 301 for the rest."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    async def resolve(self, h: Handle) -> Record | None:
-        await self.store.require_homed(h.homing_prefix, h.text)
-        return await self.store.get(h)
+    async def resolve(self, h: Handle) -> Entry:
+        homed, record = await self.store.lookup(h)
+        if not homed:
+            raise NotResponsible(
+                f"prefix {h.homing_prefix} is not homed on this node", handle=h.text
+            )
+        return encode(record)
+
+
+class CacheStage:
+    """Serves fresh entries from the cache; one fetch per key at a time below it.
+
+    When the stage below fails because the database is unavailable, an entry
+    that stopped being fresh recently is served stale instead.
+    """
+
+    def __init__(self, inner: Stage, cache: Cache) -> None:
+        self.inner = inner
+        self.cache = cache
+
+    async def resolve(self, h: Handle) -> Entry:
+        key = h.key
+        entry = self.cache.fresh(key)
+        if entry is not None:
+            return entry
+        flight = self.cache.flight(key)
+        if flight is None:
+            flight = asyncio.ensure_future(self._fetch(key, h))
+            flight.add_done_callback(_consume)
+            self.cache.begin(key, flight)
+        try:
+            return await asyncio.shield(flight)
+        except ServerTooBusy:
+            stale = self.cache.stale(key)
+            if stale is None:
+                raise
+            return stale
+
+    async def _fetch(self, key: str, h: Handle) -> Entry:
+        me = asyncio.current_task()
+        try:
+            entry = await self.inner.resolve(h)
+        except BaseException:
+            self.cache.end(key, me)  # type: ignore[arg-type]
+            raise
+        self.cache.fill(key, me, entry)  # type: ignore[arg-type]
+        return entry
