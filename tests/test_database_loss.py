@@ -1,4 +1,4 @@
-"""PostgreSQL stops and comes back: cached answers go on (stale), misses get 503, recovery is automatic."""
+"""PostgreSQL stops and comes back: stale answers go on, misses get 503, recovery is automatic."""
 
 from __future__ import annotations
 
