@@ -31,10 +31,10 @@ from registry.errors import (
 )
 from registry.registry import Registry
 from registry.store import Store
-from resolver.cache import Entry
+from resolver.cache import Cache, Entry
 from resolver.invalidation import Listener
 from resolver.metrics import Metrics
-from resolver.pipeline import Stage
+from resolver.pipeline import Stage, public_body
 
 API_PREFIX = "/api/handles/"
 DEFAULT_PAGE_SIZE = 1000
@@ -52,6 +52,7 @@ class Node:
     pipeline: Stage
     metrics: Metrics
     listener: Listener | None = None
+    cache: Cache | None = None
 
 
 NODE = web.AppKey("node", Node)
@@ -152,8 +153,9 @@ def _plain_answer(request: web.Request, text: str, entry: Entry) -> web.Response
     headers = {"ETag": entry.etag, "Cache-Control": f"max-age={entry.max_age}"}
     if entry.etag in request.headers.get("If-None-Match", ""):
         return web.Response(status=304, headers=headers)
-    body = b'{"responseCode":1,"handle":' + orjson.dumps(text) + b',"values":' + entry.public + b"}"
-    return web.Response(body=body, headers=headers, content_type="application/json")
+    return web.Response(
+        body=public_body(text, entry), headers=headers, content_type="application/json"
+    )
 
 
 async def get_handle(request: web.Request) -> web.Response:

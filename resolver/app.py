@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -9,7 +11,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from registry import migrate
 from registry.errors import (
@@ -113,10 +115,14 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
-    registry = request.app[api.NODE].metrics.registry
-    return web.Response(
-        body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-    )
+    body = request.app[api.NODE].metrics.exposition()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _flush_metrics(metrics: Metrics) -> None:
+    while True:
+        await asyncio.sleep(1.0)
+        metrics.flush()
 
 
 async def bootstrap(config: Config, registry: Registry) -> None:
@@ -160,8 +166,8 @@ def create_app(
         store = Store(pool)
         registry = Registry(store, clock=clock)
         metrics.watch_pool(store)
-        pipeline: Stage = StoreStage(store)
-        listener = None
+        pipeline: Stage = StoreStage(store, metrics)
+        listener = cache = None
         if config.cache_max_entries:
             cache = Cache(
                 max_entries=config.cache_max_entries,
@@ -175,9 +181,14 @@ def create_app(
             pipeline = CacheStage(pipeline, cache)
             listener = Listener(dsn, cache)
             listener.start()
-        app[api.NODE] = api.Node(store, registry, registry.authority, pipeline, metrics, listener)
-        await bootstrap(config, registry)
+        app[api.NODE] = api.Node(
+            store, registry, registry.authority, pipeline, metrics, listener, cache
+        )
+        flusher = asyncio.create_task(_flush_metrics(metrics))
         yield
+        flusher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flusher
         if listener is not None:
             await listener.stop()
         await pool.close()

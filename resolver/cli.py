@@ -14,13 +14,12 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import uvloop
-from aiohttp import web
 
 from registry import migrate
 from registry.errors import ClientError, IdNodeError
 from registry.registry import Registry
 from registry.store import Store, create_pool
-from resolver.app import create_app
+from resolver import server
 from resolver.config import Config, configure_logging
 from resolver.database import database_url
 
@@ -41,18 +40,7 @@ async def _with_store(config: Config, work: Callable[[Store], Awaitable[int]]) -
 
 
 def cmd_serve(config: Config, args: argparse.Namespace) -> int:
-    dsn = database_url(config)
-    app = create_app(config, dsn)
-    print(f"idnode: serving on http://{config.host}:{config.port}", flush=True)
-    web.run_app(
-        app,
-        host=config.host,
-        port=config.port,
-        print=None,
-        loop=uvloop.new_event_loop(),
-        access_log=None,
-    )
-    return 0
+    return server.run(config, database_url(config))
 
 
 def cmd_migrate(config: Config, args: argparse.Namespace) -> int:

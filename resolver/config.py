@@ -43,6 +43,9 @@ SETTINGS: dict[str, Setting] = {
         None,
         "admin secret of the bootstrap prefix; unset generates one into DATA_DIR/bootstrap-secret",
     ),
+    "workers": Setting(
+        "IDNODE_WORKERS", None, "serving processes sharing the port (default: the core count)"
+    ),
     "max_body_bytes": Setting(
         "IDNODE_MAX_BODY_BYTES", "1048576", "largest request body accepted, in bytes"
     ),
@@ -77,6 +80,7 @@ class Config:
     database_url: str | None = None
     bootstrap_prefix: str | None = None
     bootstrap_secret: str | None = None
+    workers: int = 1
     max_body_bytes: int = 1048576
     db_pool_size: int = 10
     log_level: str = "INFO"
@@ -97,6 +101,7 @@ class Config:
             "database_url": _parse("database_url", raw, str, _postgres_url),
             "bootstrap_prefix": _parse("bootstrap_prefix", raw, str, _prefix),
             "bootstrap_secret": raw["bootstrap_secret"],
+            "workers": _parse("workers", raw, int, _between(1, 256)) or (os.cpu_count() or 1),
             "max_body_bytes": _parse("max_body_bytes", raw, int, _between(1024, 2**31)),
             "db_pool_size": _parse("db_pool_size", raw, int, _between(1, 1000)),
             "log_level": _parse("log_level", raw, str.upper, _log_level),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from typing import Protocol
 
 import orjson
@@ -18,6 +19,7 @@ from registry.errors import NotResponsible, ServerTooBusy
 from registry.handle import Handle
 from registry.store import Record, Store
 from resolver.cache import Cache, Entry
+from resolver.metrics import Metrics
 
 DEFAULT_MAX_AGE = 86400
 
@@ -43,14 +45,23 @@ def _consume(flight: asyncio.Future[Entry]) -> None:
         flight.exception()
 
 
+def public_body(text: str, entry: Entry) -> bytes:
+    """The JSON answer to a plain resolution, from the entry's pre-encoded values."""
+    return b'{"responseCode":1,"handle":' + orjson.dumps(text) + b',"values":' + entry.public + b"}"
+
+
 class StoreStage:
     """Answers from PostgreSQL for prefixes homed here; responseCode 301 for the rest."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, metrics: Metrics | None = None) -> None:
         self.store = store
+        self.metrics = metrics
 
     async def resolve(self, h: Handle) -> Entry:
+        started = time.perf_counter()
         homed, record = await self.store.lookup(h)
+        if self.metrics is not None:
+            self.metrics.db_query_duration.observe(time.perf_counter() - started)
         if not homed:
             raise NotResponsible(
                 f"prefix {h.homing_prefix} is not homed on this node", handle=h.text

@@ -217,6 +217,7 @@ async def test_other_process_drops_entry_on_notify(
         await asyncio.wait_for(listener.connected.wait(), 5)
         assert await _value(other, h) == "https://example.com/old"
         assert await _value(other, h) == "https://example.com/old"
+        other_metrics.flush()
         hits = other_metrics.registry.get_sample_value(
             "idnode_cache_hits_total", {"kind": "positive"}
         )
@@ -227,6 +228,7 @@ async def test_other_process_drops_entry_on_notify(
         while await _value(other, h) != "https://example.com/new":
             assert loop.time() < deadline, "the other process kept serving the old record"
             await asyncio.sleep(0.005)
+        other_metrics.flush()
         assert (
             other_metrics.registry.get_sample_value("idnode_cache_invalidations_total") or 0
         ) >= 1

@@ -75,13 +75,14 @@ async def test_stale_while_down_and_recovery(
     await asyncio.to_thread(own_server.stop)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 10
-    while node.metrics.registry.get_sample_value("idnode_cache_trusted") != 0:
+    while trusted(node) != 0:
         assert loop.time() < deadline, "losing the LISTEN connection went unnoticed"
         await asyncio.sleep(0.05)
 
     async with node.session.get(node.api(h)) as r:
         assert r.status == 200
         assert (await r.json())["values"][0]["data"]["value"] == "https://example.com/kept"
+    node.metrics.flush()
     assert node.metrics.registry.get_sample_value("idnode_cache_served_stale_total") >= 1
 
     started = loop.time()
@@ -105,6 +106,11 @@ async def test_stale_while_down_and_recovery(
     async with node.session.get(node.api(t.handle("new"))) as r:
         assert r.status == 200
     deadline = loop.time() + 15
-    while node.metrics.registry.get_sample_value("idnode_cache_trusted") != 1:
+    while trusted(node) != 1:
         assert loop.time() < deadline, "the LISTEN connection did not come back"
         await asyncio.sleep(0.05)
+
+
+def trusted(node: RunningNode) -> float | None:
+    node.metrics.flush()
+    return node.metrics.registry.get_sample_value("idnode_cache_trusted")

@@ -1,0 +1,159 @@
+"""Running the node: preparation, worker processes sharing one port, signals.
+
+``idnode serve`` prepares the database once (migrations, the bootstrap prefix),
+then runs ``IDNODE_WORKERS`` serving processes that all listen on the same port
+with ``SO_REUSEPORT``; the kernel spreads connections over them. Each worker has
+its own cache, kept coherent through ``LISTEN``. SIGTERM or SIGINT stops
+accepting, lets in-flight requests finish, and exits 0. A worker that dies is
+started again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import time
+from multiprocessing.process import BaseProcess
+
+import uvloop
+from aiohttp import web
+
+from registry import migrate
+from registry.registry import Registry
+from registry.store import Store, create_pool
+from resolver import api
+from resolver.app import bootstrap, create_app
+from resolver.config import Config, configure_logging
+from resolver.fastpath import FastPath, FastProtocol
+from resolver.metrics import MULTIPROCESS_ENV, Metrics
+
+log = logging.getLogger("idnode")
+GRACE_SECONDS = 10.0
+
+
+async def prepare(config: Config, dsn: str) -> None:
+    """Apply migrations and home the bootstrap prefix, once, before any worker starts."""
+    pool = await create_pool(dsn, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            await migrate.migrate(conn)
+        await bootstrap(config, Registry(Store(pool)))
+    finally:
+        await pool.close()
+
+
+def listening_socket(config: Config) -> socket.socket:
+    """The server socket; every worker binds its own to the same port."""
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((config.host, config.port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+async def serve_worker(config: Config, dsn: str, stop: asyncio.Event) -> None:
+    """Serve until ``stop`` is set, then shut down gracefully."""
+    metrics = Metrics(multiprocess=MULTIPROCESS_ENV in os.environ)
+    app = create_app(config, dsn, metrics=metrics)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    node = app[api.NODE]
+    loop = asyncio.get_running_loop()
+    aiohttp_server = runner.server
+    assert aiohttp_server is not None
+    fast = FastPath(node.cache, metrics) if node.cache is not None else None
+
+    def protocol() -> asyncio.Protocol:
+        if fast is None:
+            return aiohttp_server()
+        return FastProtocol(fast, aiohttp_server)
+
+    server = await loop.create_server(protocol, sock=listening_socket(config))
+    log.info("worker %d serving on http://%s:%d", os.getpid(), config.host, config.port)
+    try:
+        await stop.wait()
+    finally:
+        server.close()
+        if fast is not None:
+            for conn in list(fast.connections):
+                conn.close()
+        await aiohttp_server.shutdown(GRACE_SECONDS)
+        await runner.cleanup()
+
+
+def _run_worker(config: Config, dsn: str) -> None:
+    """A worker process's main: serve until SIGTERM or SIGINT."""
+    configure_logging(config)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve_worker(config, dsn, stop)
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())
+
+
+def run(config: Config, dsn: str) -> int:
+    """Prepare, then serve with ``config.workers`` processes; answers the exit status."""
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(prepare(config, dsn))
+    print(
+        f"idnode: serving on http://{config.host}:{config.port} with {config.workers} worker(s)",
+        flush=True,
+    )
+    if config.workers == 1:
+        _run_worker(config, dsn)
+        return 0
+    return _supervise(config, dsn)
+
+
+def _supervise(config: Config, dsn: str) -> int:
+    metrics_dir = tempfile.mkdtemp(prefix="idnode-metrics-")
+    os.environ[MULTIPROCESS_ENV] = metrics_dir
+    ctx = multiprocessing.get_context("spawn")
+    stopping = False
+
+    def start() -> BaseProcess:
+        proc = ctx.Process(target=_run_worker, args=(config, dsn), daemon=False)
+        proc.start()
+        return proc
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    workers = [start() for _ in range(config.workers)]
+    try:
+        while not stopping:
+            time.sleep(0.2)
+            for n, proc in enumerate(workers):
+                if not proc.is_alive() and not stopping:
+                    log.error("worker %s exited with %s; starting another", proc.pid, proc.exitcode)
+                    Metrics.worker_gone(proc.pid)
+                    workers[n] = start()
+    finally:
+        for proc in workers:
+            if proc.is_alive() and proc.pid is not None:
+                os.kill(proc.pid, signal.SIGTERM)
+        for proc in workers:
+            proc.join(GRACE_SECONDS + 5)
+            if proc.is_alive():
+                proc.kill()
+        with contextlib.suppress(OSError):
+            shutil.rmtree(metrics_dir)
+    return 0
