@@ -179,7 +179,7 @@ class FastProtocol(asyncio.Protocol):
                 if out:
                     self.transport.write(b"".join(out))
                 return
-            parsed = _parse_head(buffer[start:end])
+            parsed = _parse_head(buffer[start:end]) if end - start <= MAX_HEAD else None
             if parsed is None:
                 break
             method, target, etags, close = parsed

@@ -1,0 +1,177 @@
+"""The HTTP fast path: cached answers before aiohttp, and every HTTP edge as aiohttp has it.
+
+The node runs as ``idnode serve`` runs it (``serve_worker`` on a real socket);
+the tests talk raw HTTP/1.1 over real sockets so that pipelining, split
+segments and half-sent requests are exactly what goes over the wire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from resolver.config import Config
+from resolver.server import serve_worker
+from tests.conftest import Tenant, free_port
+
+TenantFactory = Callable[..., Awaitable[Tenant]]
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+@pytest.fixture
+async def port(db_url: str, tmp_path: Path) -> AsyncIterator[int]:
+    config = Config(port=free_port(), data_dir=tmp_path, database_url=db_url, workers=1)
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve_worker(config, db_url, stop))
+    for _ in range(200):
+        try:
+            _, w = await asyncio.open_connection("127.0.0.1", config.port)
+            w.close()
+            break
+        except OSError:
+            await asyncio.sleep(0.02)
+    await asyncio.sleep(0.1)  # the LISTEN connection comes up: caching starts
+    try:
+        yield config.port
+    finally:
+        stop.set()
+        await task
+
+
+async def read_response(reader: asyncio.StreamReader, head_only: bool = False) -> Response:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ")[1])
+    headers = {}
+    for line in lines[1:]:
+        if line:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+    length = int(headers.get("content-length", "0"))
+    body = b"" if head_only or status == 304 else await reader.readexactly(length)
+    return Response(status, headers, body)
+
+
+def get(path: str, *extra: str, method: str = "GET") -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", "Host: test", *extra]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+async def exchange(port: int, raw: bytes, count: int, head_only: bool = False) -> list[Response]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(raw)
+    await writer.drain()
+    out = [await read_response(reader, head_only) for _ in range(count)]
+    writer.close()
+    return out
+
+
+async def fast_count(port: int) -> float:
+    (r,) = await exchange(port, get("/metrics"), 1)
+    for line in r.body.decode().splitlines():
+        if line.startswith("idnode_http_requests_total{") and 'frontend="http-fast"' in line:
+            if 'code="200"' in line:
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def registered(port: int, tenant: TenantFactory) -> tuple[Tenant, str]:
+    t = await tenant()
+    path = f"/api/handles/{t.handle('FAST')}"
+    body = b'[{"index":1,"type":"URL","data":"https://example.com/fast"}]'
+    auth = t.auth["Authorization"]
+    raw = (
+        f"PUT {path} HTTP/1.1\r\nHost: test\r\nAuthorization: {auth}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    (r,) = await exchange(port, raw, 1)
+    assert r.status == 201
+    return t, path
+
+
+async def test_cached_answer_is_the_aiohttp_answer(port: int, tenant: TenantFactory) -> None:
+    t, path = await registered(port, tenant)
+    (slow,) = await exchange(port, get(path), 1)
+    (fast,) = await exchange(port, get(path), 1)
+    assert await fast_count(port) == 1, "the second request must be answered by the fast path"
+    assert (slow.status, fast.status) == (200, 200)
+    assert slow.body == fast.body
+    for name in ("content-type", "etag", "cache-control", "content-length", "server"):
+        assert slow.headers[name] == fast.headers[name], name
+
+
+async def test_head_and_conditional(port: int, tenant: TenantFactory) -> None:
+    t, path = await registered(port, tenant)
+    (full,) = await exchange(port, get(path), 1)
+    (head,) = await exchange(port, get(path, method="HEAD"), 1, head_only=True)
+    assert head.status == 200 and head.headers["content-length"] == full.headers["content-length"]
+    etag = full.headers["etag"]
+    (cond,) = await exchange(port, get(path, f"If-None-Match: {etag}"), 1)
+    assert cond.status == 304 and cond.headers["etag"] == etag
+    (other,) = await exchange(port, get(path, 'If-None-Match: "nope"'), 1)
+    assert other.status == 200 and other.body == full.body
+
+
+async def test_pipelined_mix_keeps_order(port: int, tenant: TenantFactory) -> None:
+    t, path = await registered(port, tenant)
+    await exchange(port, get(path), 1)  # cache it
+    missing = f"/api/handles/{t.handle('absent')}"
+    raw = get(path) + get(missing) + get(path) + get(path + "?type=URL") + get(path)
+    answers = await exchange(port, raw, 5)
+    assert [a.status for a in answers] == [200, 404, 200, 200, 200]
+    assert b'"responseCode":100' in answers[1].body
+    assert answers[0].body == answers[2].body == answers[4].body
+
+
+async def test_request_split_across_segments(port: int, tenant: TenantFactory) -> None:
+    t, path = await registered(port, tenant)
+    await exchange(port, get(path), 1)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    raw = get(path) + get(path)
+    for i in range(0, len(raw), 7):
+        writer.write(raw[i : i + 7])
+        await writer.drain()
+        await asyncio.sleep(0.001)
+    first, second = await read_response(reader), await read_response(reader)
+    writer.close()
+    assert first.status == second.status == 200 and first.body == second.body
+
+
+async def test_http_edges_are_aiohttps(port: int, tenant: TenantFactory) -> None:
+    t, path = await registered(port, tenant)
+    await exchange(port, get(path), 1)
+    (post,) = await exchange(port, get(path, "Content-Length: 0", method="POST"), 1)
+    assert post.status == 405 and b'"responseCode":4' in post.body
+    (bad,) = await exchange(port, get("/api/handles/88.118.8/%ff%fe"), 1)
+    assert bad.status == 400 and b'"responseCode":102' in bad.body
+    (huge,) = await exchange(port, get(path, "X-Filler: " + "a" * 20000), 1)
+    assert huge.status in (400, 431)
+    (auth,) = await exchange(port, get(path, "Authorization: Basic Zm9vOmJhcg=="), 1)
+    assert auth.status == 401, "credentials are checked, never answered from the cache"
+
+
+async def test_connection_close_and_abandoned_client(port: int, tenant: TenantFactory) -> None:
+    t, path = await registered(port, tenant)
+    await exchange(port, get(path), 1)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(get(path, "Connection: close"))
+    r = await read_response(reader)
+    assert r.status == 200
+    assert await reader.read() == b"", "the server closes after Connection: close"
+    writer.close()
+    for _ in range(20):  # clients that vanish before reading their answers
+        _, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(get(path) * 50)
+        w.transport.abort()
+    (after,) = await exchange(port, get(path), 1)
+    assert after.status == 200
