@@ -155,20 +155,25 @@ class Store:
         self.pool = pool
         self.on_change: list[ChangeHook] = []
 
-    async def lookup(self, h: Handle) -> tuple[bool, Record | None]:
-        """Whether the handle's prefix is homed here, and its record: one round trip."""
+    async def lookup_many(self, handles: Sequence[Handle]) -> list[tuple[bool, Record | None]]:
+        """For each handle: whether its prefix is homed here, and its record. One round trip."""
         async with _translated():
-            row = await self.pool.fetchrow(
-                'SELECT p.prefix_key IS NOT NULL AS homed, h.handle, h."values"::text AS "values"'
-                " FROM (SELECT 1) AS one"
-                " LEFT JOIN prefixes p ON p.prefix_key = $3"
-                " LEFT JOIN handles h ON h.prefix_key = $1 AND h.suffix_key = $2",
-                h.prefix_key,
-                h.suffix_key,
-                fold(h.homing_prefix),
+            rows = await self.pool.fetch(
+                "SELECT k.i, p.prefix_key IS NOT NULL AS homed,"
+                ' h.handle, h."values"::text AS "values"'
+                " FROM unnest($1::text[], $2::text[], $3::text[])"
+                " WITH ORDINALITY AS k(pk, sk, hp, i)"
+                " LEFT JOIN prefixes p ON p.prefix_key = k.hp"
+                " LEFT JOIN handles h ON h.prefix_key = k.pk AND h.suffix_key = k.sk"
+                " ORDER BY k.i",
+                [h.prefix_key for h in handles],
+                [h.suffix_key for h in handles],
+                [fold(h.homing_prefix) for h in handles],
             )
-        assert row is not None
-        return bool(row["homed"]), (_record(row) if row["handle"] is not None else None)
+        return [
+            (bool(row["homed"]), _record(row) if row["handle"] is not None else None)
+            for row in rows
+        ]
 
     async def get(self, h: Handle) -> Record | None:
         """The whole record of one handle, by one primary-key lookup."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from typing import Protocol
+from typing import Any, Protocol
 
 import orjson
 
@@ -39,7 +39,7 @@ def encode(record: Record | None) -> Entry:
     return Entry(record, body, etag, max_age)
 
 
-def _consume(flight: asyncio.Future[Entry]) -> None:
+def _consume(flight: asyncio.Future[Any]) -> None:
     """Mark a fetch's failure as seen even when every waiter has gone away."""
     if not flight.cancelled():
         flight.exception()
@@ -51,22 +51,56 @@ def public_body(text: str, entry: Entry) -> bytes:
 
 
 class StoreStage:
-    """Answers from PostgreSQL for prefixes homed here; responseCode 301 for the rest."""
+    """Answers from PostgreSQL for prefixes homed here; responseCode 301 for the rest.
 
-    def __init__(self, store: Store, metrics: Metrics | None = None) -> None:
+    Lookups that arrive in the same turn of the event loop are coalesced into one
+    query (``unnest`` of up to ``max_batch`` keys), so a burst of cache misses
+    costs one round trip instead of one each.
+    """
+
+    def __init__(self, store: Store, metrics: Metrics | None = None, max_batch: int = 256) -> None:
         self.store = store
         self.metrics = metrics
+        self.max_batch = max_batch
+        self._waiting: list[tuple[Handle, asyncio.Future[Record | None]]] = []
 
     async def resolve(self, h: Handle) -> Entry:
+        future: asyncio.Future[Record | None] = asyncio.get_running_loop().create_future()
+        if not self._waiting:
+            asyncio.get_running_loop().call_soon(self._dispatch)
+        self._waiting.append((h, future))
+        record = await future
+        return encode(record)
+
+    def _dispatch(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        for start in range(0, len(waiting), self.max_batch):
+            batch = waiting[start : start + self.max_batch]
+            task = asyncio.create_task(self._lookup(batch))
+            task.add_done_callback(_consume)
+
+    async def _lookup(self, batch: list[tuple[Handle, asyncio.Future[Record | None]]]) -> None:
         started = time.perf_counter()
-        homed, record = await self.store.lookup(h)
+        try:
+            answers = await self.store.lookup_many([h for h, _ in batch])
+        except Exception as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
         if self.metrics is not None:
             self.metrics.db_query_duration.observe(time.perf_counter() - started)
-        if not homed:
-            raise NotResponsible(
-                f"prefix {h.homing_prefix} is not homed on this node", handle=h.text
-            )
-        return encode(record)
+        for (h, future), (homed, record) in zip(batch, answers, strict=True):
+            if future.done():
+                continue
+            if homed:
+                future.set_result(record)
+            else:
+                future.set_exception(
+                    NotResponsible(
+                        f"prefix {h.homing_prefix} is not homed on this node", handle=h.text
+                    )
+                )
 
 
 class CacheStage:
