@@ -72,8 +72,9 @@ def measure(url: str, identity: str, secret: str, writes: int) -> list[float]:
 def summary(delays: list[float]) -> str:
     ordered = sorted(delays)
     p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    p50 = statistics.median(ordered)
     return (
-        f"coherence delay over {len(delays)} writes: p50 {statistics.median(ordered) * 1000:.2f} ms,"
+        f"coherence delay over {len(delays)} writes: p50 {p50 * 1000:.2f} ms,"
         f" p99 {p99 * 1000:.2f} ms, max {ordered[-1] * 1000:.2f} ms"
     )
 
