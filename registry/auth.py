@@ -40,7 +40,7 @@ def parse_identity(text: str) -> tuple[int, hs.Handle]:
     """``300:0.NA/88.118.8`` → ``(300, Handle)``; percent-encoded forms are decoded."""
     decoded = unquote(text)
     index_text, colon, handle_text = decoded.partition(":")
-    if not colon or not index_text.isdigit():
+    if not colon or not hv.is_number(index_text):
         raise AuthenticationNeeded("user name must be an identity '<index>:<handle>'")
     try:
         return int(index_text), hs.parse(handle_text)
@@ -56,7 +56,7 @@ def split_basic(credentials: str) -> tuple[str, str]:
     first: in that case the user name ends at the second colon.
     """
     user, _, secret = credentials.partition(":")
-    if user.isdigit() and "/" in secret:
+    if hv.is_number(user) and "/" in secret:
         handle_part, colon, rest = secret.partition(":")
         if colon:
             return f"{user}:{handle_part}", rest

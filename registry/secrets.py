@@ -44,7 +44,7 @@ def is_hashed(stored: object) -> bool:
     if not isinstance(stored, str) or not stored.startswith(SCHEME + "$"):
         return False
     parts = stored.split("$")
-    return len(parts) == 4 and parts[1].isdigit()
+    return len(parts) == 4 and parts[1].isascii() and parts[1].isdigit()
 
 
 def verify_secret(secret: str, stored: str) -> bool:

@@ -106,11 +106,16 @@ def filter_values(
 # --- parsing what writers send -------------------------------------------------------------
 
 
+def is_number(text: str) -> bool:
+    """ASCII digits only (``str.isdigit`` also accepts '²' and other digits int() refuses)."""
+    return text.isascii() and text.isdigit()
+
+
 def parse_index(raw: Any, *, where: str = "index") -> int:
     """An index as an int in 1..2^31-1; numeric strings are accepted."""
     if isinstance(raw, bool):
         raise InvalidValue(f"{where} must be an integer, got a boolean")
-    if isinstance(raw, str) and raw.strip().lstrip("+").isdigit():
+    if isinstance(raw, str) and is_number(raw.strip().lstrip("+")):
         raw = int(raw.strip())
     if not isinstance(raw, int):
         raise InvalidValue(f"{where} must be an integer, got {type(raw).__name__}")
@@ -122,7 +127,7 @@ def parse_index(raw: Any, *, where: str = "index") -> int:
 def _parse_ttl(raw: Any, index: int) -> int:
     if raw is None:
         return DEFAULT_TTL
-    if isinstance(raw, str) and raw.strip().isdigit():
+    if isinstance(raw, str) and is_number(raw.strip()):
         raw = int(raw.strip())
     if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw <= MAX_TTL:
         raise InvalidValue(

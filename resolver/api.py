@@ -34,7 +34,7 @@ from registry.store import Store
 from resolver.cache import Cache, Entry
 from resolver.invalidation import Listener
 from resolver.metrics import Metrics
-from resolver.pipeline import Stage, public_body
+from resolver.pipeline import Stage, etag_matches, public_body
 
 API_PREFIX = "/api/handles/"
 DEFAULT_PAGE_SIZE = 1000
@@ -98,7 +98,7 @@ def _int_param(query: MultiMapping[str], name: str, default: int, high: int) -> 
     raw = query.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or int(raw) > high:
+    if not hv.is_number(raw) or int(raw) > high:
         raise ProtocolError(f"query parameter {name} must be an integer from 0 to {high}")
     return int(raw)
 
@@ -151,7 +151,7 @@ def _plain_answer(request: web.Request, text: str, entry: Entry) -> web.Response
     if entry.public == b"[]" and entry.record.values:
         raise ValuesNotFound(handle=text)
     headers = {"ETag": entry.etag, "Cache-Control": f"max-age={entry.max_age}"}
-    if entry.etag in request.headers.get("If-None-Match", ""):
+    if etag_matches(request.headers.get("If-None-Match"), entry.etag):
         return web.Response(status=304, headers=headers)
     return web.Response(
         body=public_body(text, entry), headers=headers, content_type="application/json"
@@ -168,7 +168,7 @@ async def get_handle(request: web.Request) -> web.Response:
     public_only = _flag(query, "publicOnly", who is None)
     if not public_only and who is None:
         raise AuthenticationNeeded("publicOnly=false needs an authenticated admin", handle=text)
-    entry = await node.pipeline.resolve(h)
+    entry = await node.pipeline.resolve(h, authoritative=_flag(query, "auth", False))
     record = entry.record
     if record is None:
         raise HandleNotFound(handle=text)

@@ -26,7 +26,7 @@ from registry.errors import ClientError
 from registry.handle import decode_path, parse
 from resolver.cache import Cache
 from resolver.metrics import Metrics
-from resolver.pipeline import public_body
+from resolver.pipeline import etag_matches, public_body
 
 API_PATH = b"/api/handles/"
 MAX_HEAD = 8190
@@ -90,7 +90,7 @@ class FastPath:
             + self.server
             + b"\r\n"
         )
-        if etags is not None and entry.etag.encode() in etags:
+        if etags is not None and etag_matches(etags.decode("latin-1"), entry.etag):
             self._not_modified.inc()
             self._duration.observe(time.perf_counter() - started)
             return b"HTTP/1.1 304 Not Modified\r\n" + common + b"\r\n"

@@ -25,7 +25,9 @@ DEFAULT_MAX_AGE = 86400
 
 
 class Stage(Protocol):
-    async def resolve(self, h: Handle) -> Entry: ...
+    async def resolve(self, h: Handle, *, authoritative: bool = False) -> Entry:
+        """The handle's entry; ``authoritative`` asks for the source of truth, not a cache."""
+        ...
 
 
 def encode(record: Record | None) -> Entry:
@@ -43,6 +45,14 @@ def _consume(flight: asyncio.Future[Any]) -> None:
     """Mark a fetch's failure as seen even when every waiter has gone away."""
     if not flight.cancelled():
         flight.exception()
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """RFC 9110 If-None-Match: ``*`` or any listed tag, compared weakly."""
+    if not if_none_match:
+        return False
+    tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
+    return "*" in tags or etag in tags
 
 
 def public_body(text: str, entry: Entry) -> bytes:
@@ -64,7 +74,7 @@ class StoreStage:
         self.max_batch = max_batch
         self._waiting: list[tuple[Handle, asyncio.Future[Record | None]]] = []
 
-    async def resolve(self, h: Handle) -> Entry:
+    async def resolve(self, h: Handle, *, authoritative: bool = False) -> Entry:
         future: asyncio.Future[Record | None] = asyncio.get_running_loop().create_future()
         if not self._waiting:
             asyncio.get_running_loop().call_soon(self._dispatch)
@@ -114,7 +124,9 @@ class CacheStage:
         self.inner = inner
         self.cache = cache
 
-    async def resolve(self, h: Handle) -> Entry:
+    async def resolve(self, h: Handle, *, authoritative: bool = False) -> Entry:
+        if authoritative:
+            return await self.inner.resolve(h, authoritative=True)
         key = h.key
         entry = self.cache.fresh(key)
         if entry is not None:

@@ -155,3 +155,16 @@ async def test_secret_is_never_shown_publicly(node: RunningNode, tenant: TenantF
     assert seckey and seckey[0]["permissions"] == "1100"
     assert seckey[0]["data"]["value"].startswith("pbkdf2-sha256$")
     assert t.secret not in str(body)
+
+
+async def test_non_ascii_digits_are_not_numbers(node: RunningNode, tenant: TenantFactory) -> None:
+    t = await tenant()
+    await put(node, t, t.handle("n"), [URL_VALUE])
+    for params in ({"index": "\u00b2"}, {"page": "\u0661"}):
+        url = node.api(t.handle("n")) if "index" in params else f"{node.url}/api/handles"
+        query = params if "index" in params else {**params, "prefix": t.prefix}
+        async with node.session.get(url, params=query) as r:
+            assert r.status == 400, params
+            assert (await r.json())["responseCode"] == 4
+    status, body = await put(node, t, t.handle("n"), [{**URL_VALUE, "index": "\u00b2"}])
+    assert (status, body["responseCode"]) == (400, 202)

@@ -109,7 +109,7 @@ class GatedStage:
         self.gate = asyncio.Event()
         self.fail = False
 
-    async def resolve(self, h: Handle) -> Entry:
+    async def resolve(self, h: Handle, *, authoritative: bool = False) -> Entry:
         self.calls += 1
         await self.gate.wait()
         if self.fail:
@@ -128,6 +128,20 @@ async def test_concurrent_misses_make_one_fetch() -> None:
     assert all(r is results[0] for r in results)
     await stage.resolve(parse("88.1/x"))
     assert inner.calls == 1, "a different spelling is the same key"
+
+
+async def test_authoritative_resolution_bypasses_the_cache() -> None:
+    inner = GatedStage()
+    inner.gate.set()
+    stage = CacheStage(inner, Cache(clock=FakeClock()))
+    await stage.resolve(parse("88.1/x"))
+    await stage.resolve(parse("88.1/x"))
+    assert inner.calls == 1
+    await stage.resolve(parse("88.1/x"), authoritative=True)
+    assert inner.calls == 2
+    inner.fail = True
+    with pytest.raises(ServerTooBusy):
+        await stage.resolve(parse("88.1/x"), authoritative=True)
 
 
 async def test_request_after_invalidation_does_not_join_old_fetch() -> None:
@@ -247,6 +261,11 @@ async def test_http_caching_headers_and_304(node: RunningNode, tenant: TenantFac
         assert r.headers["Cache-Control"] == "max-age=600"
     async with node.session.get(node.api(h), headers={"If-None-Match": etag}) as r:
         assert r.status == 304 and await r.read() == b""
+    for header in (f'"other", W/{etag}', "*"):
+        async with node.session.get(node.api(h), headers={"If-None-Match": header}) as r:
+            assert r.status == 304, header
+    async with node.session.get(node.api(h), headers={"If-None-Match": '"other"'}) as r:
+        assert r.status == 200
     await _put(node, t, h, "https://example.com/changed")
     async with node.session.get(node.api(h), headers={"If-None-Match": etag}) as r:
         assert r.status == 200 and r.headers["ETag"] != etag

@@ -85,6 +85,8 @@ async def test_stale_while_down_and_recovery(
     node.metrics.flush()
     assert node.metrics.registry.get_sample_value("idnode_cache_served_stale_total") >= 1
 
+    async with node.session.get(node.api(h), params={"auth": "true"}) as r:
+        assert r.status == 503, "an authoritative resolution never comes from the cache"
     started = loop.time()
     async with node.session.get(node.api(t.handle("never-cached"))) as r:
         assert r.status == 503
