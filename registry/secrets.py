@@ -51,6 +51,10 @@ def verify_secret(secret: str, stored: str) -> bool:
     """Check a presented secret against a stored hash, in constant time."""
     if not is_hashed(stored):
         return False
+    try:
+        secret.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
     memo = (stored, hmac.new(_memo_key, secret.encode("utf-8"), hashlib.sha256).digest())
     if memo in _verified:
         return True

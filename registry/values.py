@@ -107,15 +107,20 @@ def filter_values(
 
 
 def is_number(text: str) -> bool:
-    """ASCII digits only (``str.isdigit`` also accepts '²' and other digits int() refuses)."""
-    return text.isascii() and text.isdigit()
+    """A short run of ASCII digits: what ``int()`` reads safely.
+
+    ``str.isdigit`` also accepts '²' and other digits ``int()`` refuses, and
+    ``int()`` refuses strings of more than 4300 digits; no field here needs more
+    than a few.
+    """
+    return text.isascii() and text.isdigit() and len(text) <= 18
 
 
 def parse_index(raw: Any, *, where: str = "index") -> int:
     """An index as an int in 1..2^31-1; numeric strings are accepted."""
     if isinstance(raw, bool):
         raise InvalidValue(f"{where} must be an integer, got a boolean")
-    if isinstance(raw, str) and is_number(raw.strip().lstrip("+")):
+    if isinstance(raw, str) and is_number(raw.strip().removeprefix("+")):
         raw = int(raw.strip())
     if not isinstance(raw, int):
         raise InvalidValue(f"{where} must be an integer, got {type(raw).__name__}")
@@ -160,7 +165,7 @@ def _reference(raw: Any, index: int, what: str) -> dict[str, Any]:
     except InvalidHandle as exc:
         raise InvalidValue(f"value {index}: {what} handle: {exc.message}", index=index) from None
     ref_index = raw.get("index")
-    if ref_index in (0, "0"):
+    if (type(ref_index) is int and ref_index == 0) or ref_index == "0":
         ref_index_int = 0  # index 0 in a reference means "any index of that handle"
     else:
         ref_index_int = parse_index(ref_index, where=f"value {index}: {what} index")
@@ -212,14 +217,14 @@ def parse_value(raw: Any, *, timestamp: str) -> Value:
     vtype = raw.get("type")
     if not isinstance(vtype, str) or not vtype:
         raise InvalidValue(f"value {index}: 'type' must be a non-empty string", index=index)
-    if len(vtype) > MAX_TYPE_LENGTH or any(ord(c) < 0x20 for c in vtype):
+    if len(vtype) > MAX_TYPE_LENGTH or any(ord(c) < 0x20 or ord(c) == 0x7F for c in vtype):
         raise InvalidValue(f"value {index}: 'type' is too long or has control characters")
     if "data" not in raw:
         raise InvalidValue(f"value {index}: value has no 'data'", index=index)
     data = raw["data"]
     if isinstance(data, Mapping):
         fmt = data.get("format", "string")
-        if fmt not in FORMATS:
+        if not isinstance(fmt, str) or fmt not in FORMATS:
             raise InvalidValue(
                 f"value {index}: unknown data format {fmt!r} (one of {', '.join(sorted(FORMATS))})",
                 index=index,

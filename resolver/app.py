@@ -136,6 +136,7 @@ async def bootstrap(config: Config, registry: Registry) -> None:
         path = config.data_dir / "bootstrap-secret"
         config.data_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # an older file keeps its mode through O_CREAT
         with os.fdopen(fd, "w") as out:
             out.write(secret + "\n")
         print(
