@@ -170,6 +170,7 @@ class Registry:
         values = [_protect_secret(v) for v in values]
         async with self.store.writing() as tx:
             old = await self._existing(tx, h)
+            await self.authority.require(who, h, [], old.values)  # no probing by outsiders
             present = {v.index for v in old.values}
             if not overwrite and present & wanted:
                 first = min(present & wanted)
@@ -202,6 +203,7 @@ class Registry:
         wanted = set(indexes)
         async with self.store.writing() as tx:
             old = await self._existing(tx, h)
+            await self.authority.require(who, h, [], old.values)  # no probing by outsiders
             absent = wanted - {v.index for v in old.values}
             if absent:
                 raise ValuesNotFound(

@@ -62,13 +62,29 @@ class Value:
         out: dict[str, Any] = {
             "index": self.index,
             "type": self.type,
-            "data": {"format": self.format, "value": self.data},
+            "data": {"format": self.format, "value": _ordered(self.format, self.data)},
             "ttl": self.ttl,
             "timestamp": self.timestamp,
         }
         if self.permissions != DEFAULT_PERMISSIONS:
             out["permissions"] = self.permissions
         return out
+
+
+def _reference_json(ref: Mapping[str, Any]) -> dict[str, Any]:
+    out = {"handle": ref.get("handle"), "index": ref.get("index")}
+    if "permissions" in ref:
+        out["permissions"] = ref["permissions"]
+    return out
+
+
+def _ordered(fmt: str, data: Any) -> Any:
+    """References in Handle.Net's key order (handle, index, permissions): jsonb sorts keys."""
+    if fmt == "admin" and isinstance(data, Mapping):
+        return _reference_json(data)
+    if fmt == "vlist" and isinstance(data, list):
+        return [_reference_json(r) if isinstance(r, Mapping) else r for r in data]
+    return data
 
 
 def from_stored(item: Mapping[str, Any]) -> Value:

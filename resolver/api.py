@@ -267,6 +267,6 @@ async def delete_handle(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/handles", list_handles, name="list")
     app.router.add_get("/api/prefixes", list_prefixes, name="prefixes")
-    app.router.add_get("/api/handles/{handle:.*}", get_handle, name="resolve")
-    app.router.add_put("/api/handles/{handle:.*}", put_handle, name="write")
-    app.router.add_delete("/api/handles/{handle:.*}", delete_handle, name="delete")
+    app.router.add_get("/api/handles/{handle:[\\s\\S]*}", get_handle, name="resolve")
+    app.router.add_put("/api/handles/{handle:[\\s\\S]*}", put_handle, name="write")
+    app.router.add_delete("/api/handles/{handle:[\\s\\S]*}", delete_handle, name="delete")

@@ -87,6 +87,7 @@ async def serve_worker(config: Config, dsn: str, stop: asyncio.Event) -> None:
         if fast is not None:
             for conn in list(fast.connections):
                 conn.close()
+        aiohttp_server.pre_shutdown()  # idle keep-alive connections close now, not at the deadline
         await aiohttp_server.shutdown(GRACE_SECONDS)
         await runner.cleanup()
 
