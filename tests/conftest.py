@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import os
 import socket
@@ -36,6 +37,13 @@ from resolver.database import start_embedded
 from resolver.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parent.parent
+TenantFactory = Callable[..., Awaitable["Tenant"]]
+URL_VALUE = {
+    "index": 1,
+    "type": "URL",
+    "data": {"format": "string", "value": "https://example.com/1"},
+}
+EMAIL_VALUE = {"index": 2, "type": "EMAIL", "data": "ops@example.com"}
 TEST_DB = "idnode_test"
 
 
@@ -167,24 +175,30 @@ async def node(db_url: str, tmp_path: Path) -> AsyncIterator[RunningNode]:
         await runner.cleanup()
 
 
-@pytest.fixture(scope="module")
-def node_process(db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``idnode serve`` in its own process, as an operator runs it; answers its base URL."""
+@contextlib.contextmanager
+def served(
+    db_url: str, data_dir: Path, **env: str
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``idnode serve`` in its own process, as an operator runs it: (base URL, process).
+
+    At the end it is stopped with SIGTERM, which must end it cleanly (exit 0).
+    """
     port = free_port()
-    env = {
+    full_env = {
         **os.environ,
         "DATABASE_URL": db_url,
         "IDNODE_PORT": str(port),
-        "IDNODE_DATA_DIR": str(tmp_path_factory.mktemp("data")),
+        "IDNODE_DATA_DIR": str(data_dir),
+        "IDNODE_WORKERS": "1",
+        **env,
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "resolver.cli", "serve"],
-        env=env,
+        env=full_env,
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
-    url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -192,17 +206,30 @@ def node_process(db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
                 break
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
-                out = proc.stdout.read().decode() if proc.stdout else ""
                 proc.kill()
+                out = proc.communicate()[0].decode()
                 pytest.fail(f"idnode serve did not start:\n{out}")
             time.sleep(0.1)
     try:
-        yield url
+        yield f"http://127.0.0.1:{port}", proc
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        if proc.stdout:
-            proc.stdout.close()
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            out = proc.communicate(timeout=20)[0].decode()
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out = proc.communicate()[0].decode()
+            pytest.fail(f"idnode serve did not stop on SIGTERM:\n{out}")
+        assert proc.returncode == 0, out
+        assert "Traceback" not in out, out
+
+
+@pytest.fixture(scope="module")
+def node_process(db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``idnode serve`` in its own process; answers its base URL."""
+    with served(db_url, tmp_path_factory.mktemp("data")) as (url, _):
+        yield url
 
 
 @pytest.fixture(scope="session")

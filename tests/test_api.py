@@ -2,17 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
-from tests.conftest import RunningNode, Tenant
-
-TenantFactory = Callable[..., Awaitable[Tenant]]
-URL_VALUE = {
-    "index": 1,
-    "type": "URL",
-    "data": {"format": "string", "value": "https://example.com/1"},
-}
-EMAIL_VALUE = {"index": 2, "type": "EMAIL", "data": "ops@example.com"}
+from tests.conftest import EMAIL_VALUE, URL_VALUE, RunningNode, Tenant, TenantFactory
 
 
 async def put(node: RunningNode, t: Tenant, handle: str, body: object, **params: str):

@@ -4,7 +4,7 @@ which values. Every refused write is read back to prove it changed nothing."""
 from __future__ import annotations
 
 import base64
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -15,15 +15,8 @@ from multidict import CIMultiDictProxy
 from registry import handle as hs
 from registry.permissions import ALL, Perm
 from registry.store import Record, Store
-from tests.conftest import RunningNode, Tenant
+from tests.conftest import EMAIL_VALUE, URL_VALUE, RunningNode, Tenant, TenantFactory
 
-TenantFactory = Callable[..., Awaitable[Tenant]]
-URL_VALUE = {
-    "index": 1,
-    "type": "URL",
-    "data": {"format": "string", "value": "https://example.com/1"},
-}
-EMAIL_VALUE = {"index": 2, "type": "EMAIL", "data": "ops@example.com"}
 CHANGED_URL = {**URL_VALUE, "data": "https://example.com/changed"}
 KEEP = "keep"
 NEW = "new"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -14,15 +14,8 @@ from yarl import URL
 
 from registry import handle as hs
 from registry.store import Record, Store
-from tests.conftest import RunningNode, Tenant
+from tests.conftest import EMAIL_VALUE, URL_VALUE, RunningNode, Tenant, TenantFactory
 
-TenantFactory = Callable[..., Awaitable[Tenant]]
-URL_VALUE = {
-    "index": 1,
-    "type": "URL",
-    "data": {"format": "string", "value": "https://example.com/1"},
-}
-EMAIL_VALUE = {"index": 2, "type": "EMAIL", "data": "ops@example.com"}
 KEEP = "keep"
 NEW = "new"
 Answer = tuple[int, dict[str, Any], CIMultiDictProxy[str]]

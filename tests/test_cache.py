@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -15,9 +14,7 @@ from registry.store import Record
 from resolver.cache import Cache, Entry
 from resolver.metrics import Metrics
 from resolver.pipeline import CacheStage, encode
-from tests.conftest import RunningNode, Tenant, free_port
-
-TenantFactory = Callable[..., Awaitable[Tenant]]
+from tests.conftest import RunningNode, Tenant, TenantFactory, free_port
 
 
 class FakeClock:

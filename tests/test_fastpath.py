@@ -8,7 +8,7 @@ segments and half-sent requests are exactly what goes over the wire.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,9 +16,7 @@ import pytest
 
 from resolver.config import Config
 from resolver.server import serve_worker
-from tests.conftest import Tenant, free_port
-
-TenantFactory = Callable[..., Awaitable[Tenant]]
+from tests.conftest import Tenant, TenantFactory, free_port
 
 
 @dataclass

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.conftest import ROOT, RunningNode, Tenant, free_port
-
-TenantFactory = Callable[..., Awaitable[Tenant]]
+from tests.conftest import RunningNode, TenantFactory, served
 
 
 def sample(node: RunningNode, name: str, labels: dict[str, str] | None = None) -> float:
@@ -62,39 +57,8 @@ async def test_request_cache_and_write_metrics(node: RunningNode, tenant: Tenant
 
 @pytest.fixture(scope="module")
 def two_workers(db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": db_url,
-        "IDNODE_PORT": str(port),
-        "IDNODE_WORKERS": "2",
-        "IDNODE_DATA_DIR": str(tmp_path_factory.mktemp("workers")),
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "resolver.cli", "serve"],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            requests.get(url + "/healthz", timeout=1)
-            break
-        except requests.ConnectionError:
-            assert proc.poll() is None and time.monotonic() < deadline, "serve did not start"
-            time.sleep(0.1)
-    try:
+    with served(db_url, tmp_path_factory.mktemp("workers"), IDNODE_WORKERS="2") as (url, _):
         yield url
-    finally:
-        proc.terminate()
-        assert proc.wait(timeout=20) == 0, "SIGTERM must end the node cleanly"
-        if proc.stdout:
-            out = proc.stdout.read().decode()
-            proc.stdout.close()
-            assert "Traceback" not in out, out
 
 
 def test_metrics_total_across_workers(two_workers: str, tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import io
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -21,9 +21,8 @@ from referencing.jsonschema import DRAFT202012
 from registry.errors import ClientError, InternalError
 from resolver.app import create_app
 from resolver.config import Config
-from tests.conftest import RunningNode, Tenant
+from tests.conftest import RunningNode, TenantFactory
 
-TenantFactory = Callable[..., Awaitable[Tenant]]
 SPEC_PATH = Path(__file__).resolve().parent.parent / "schemas" / "openapi.yaml"
 BASE = "urn:idnode:openapi"
 HTTP_METHODS = ("get", "head", "put", "post", "delete", "patch", "options", "trace")

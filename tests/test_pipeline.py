@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 
 import pytest
 
@@ -13,9 +13,7 @@ from registry.handle import Handle, parse
 from registry.registry import Registry
 from registry.store import Record, Store
 from resolver.pipeline import StoreStage
-from tests.conftest import Tenant
-
-TenantFactory = Callable[..., Awaitable[Tenant]]
+from tests.conftest import TenantFactory
 
 
 class CountingStore(Store):

@@ -14,10 +14,7 @@ import ast
 import gc
 import itertools
 import json
-import os
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,7 +30,7 @@ from pyhandle.handleexceptions import (
     HandleNotFoundException,
 )
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import served
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 Connect = Callable[[str, str], RESTHandleClient]
@@ -460,43 +457,16 @@ def test_node_stops_promptly_while_a_pyhandle_client_is_connected(
     """A long-lived pyhandle client keeps an idle keep-alive connection open; SIGTERM must
     still stop the node at once, not after the grace period meant for requests in flight."""
     prefix, secret = home_prefix(cli)
-    port = free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": db_url,
-        "IDNODE_PORT": str(port),
-        "IDNODE_DATA_DIR": str(tmp_path),
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "resolver.cli", "serve"],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    c = None
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "node did not start"
-                time.sleep(0.1)
-        c = client(f"http://127.0.0.1:{port}", prefix, secret)
-        handle = f"{prefix}/idle"
-        assert c.register_handle(handle, "https://example.org/idle") == handle
-        assert c.get_value_from_handle(handle, "URL") == "https://example.org/idle"
-
-        started = time.monotonic()
-        proc.terminate()
-        assert proc.wait(timeout=30) == 0
-        stopped_after = time.monotonic() - started
-        assert stopped_after < 5, f"node took {stopped_after:.1f}s to stop after SIGTERM"
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if c is not None:
+    with served(db_url, tmp_path) as (url, proc):
+        c = client(url, prefix, secret)
+        try:
+            handle = f"{prefix}/idle"
+            assert c.register_handle(handle, "https://example.org/idle") == handle
+            assert c.get_value_from_handle(handle, "URL") == "https://example.org/idle"
+            started = time.monotonic()
+            proc.terminate()
+            assert proc.wait(timeout=30) == 0
+            stopped_after = time.monotonic() - started
+            assert stopped_after < 5, f"node took {stopped_after:.1f}s to stop after SIGTERM"
+        finally:
             close(c)
