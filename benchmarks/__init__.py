@@ -1,0 +1,1 @@
+"""Benchmarks of idnode: ``make bench`` runs ``python -m benchmarks.run``."""
