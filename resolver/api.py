@@ -22,7 +22,9 @@ from registry import values as hv
 from registry.auth import Authority, Identity, split_basic
 from registry.errors import (
     AuthenticationNeeded,
+    ClientError,
     HandleNotFound,
+    InternalError,
     InvalidValue,
     NotAnAdmin,
     ProtocolError,
@@ -60,6 +62,18 @@ NODE = web.AppKey("node", Node)
 
 def json_response(body: dict[str, Any], status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+def error_document(
+    exc: ClientError | InternalError, handle: str, *, write: bool
+) -> tuple[int, bytes]:
+    """HTTP status and JSON body of an error: ``responseCode``, ``handle``, ``message``."""
+    if isinstance(exc, ClientError):
+        status, message = exc.status_for(write=write), exc.message
+    else:
+        status, message = exc.http_status, "internal server error"
+    body = {"responseCode": exc.response_code, "handle": handle, "message": message}
+    return status, orjson.dumps(body)
 
 
 # --- request parsing -----------------------------------------------------------------------

@@ -36,16 +36,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def error_response(request: web.Request, exc: ClientError | InternalError) -> web.Response:
-    write = request.method in WRITE_METHODS
     handle = getattr(exc, "handle", None) or request.get(api.HANDLE_TEXT, "")
-    if isinstance(exc, ClientError):
-        status = exc.status_for(write=write)
-        message = exc.message
-    else:
-        status, message = exc.http_status, "internal server error"
-    response = api.json_response(
-        {"responseCode": exc.response_code, "handle": handle, "message": message}, status
-    )
+    status, body = api.error_document(exc, handle, write=request.method in WRITE_METHODS)
+    response = web.Response(body=body, status=status, content_type="application/json")
     if status == 401:
         response.headers["WWW-Authenticate"] = 'Basic realm="idnode"'
     return response

@@ -1,110 +1,67 @@
-"""The HTTP fast path: cached resolutions answered before aiohttp sees the request.
+"""The HTTP fast path: plain resolutions answered before aiohttp sees the request.
 
 A plain aiohttp handler costs about 130 µs of Python per request; a cached
-resolution needs a dictionary lookup and one ``write``. This protocol reads
-each request head on a connection; when it is a bare ``GET``/``HEAD`` of
-``/api/handles/{handle}`` (no query, no credentials, no body, HTTP/1.1) whose
-answer is fresh in the cache, it writes the answer itself. At the first request
-it cannot answer it hands the connection, with every byte not yet answered, to
-aiohttp's own request handler, which serves the rest of the connection: errors,
-misses, writes, pipelining after that point, and every edge of HTTP are then
-aiohttp's, unchanged.
+resolution needs a dictionary lookup and one ``write``. This protocol reads each
+request head on a connection. A bare ``GET``/``HEAD`` of ``/api/handles/{handle}``
+(HTTP/1.1, no query string, no credentials, no body) is answered here: from the
+cache when the answer is fresh, otherwise through the same resolution pipeline
+the API uses (single-flight, coalesced PostgreSQL lookups), one request at a
+time per connection so pipelined answers keep their order. The bytes are the
+ones aiohttp would send: the same status, headers and JSON body.
+
+At the first request it does not answer (any other path, method or header that
+matters, a malformed head, an unexpected failure) it hands the connection and
+every byte not yet answered to aiohttp's own request handler, which serves the
+rest of the connection unchanged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import weakref
 from collections.abc import Callable
 from email.utils import formatdate
-from typing import cast
+from typing import NamedTuple, cast
 
 from aiohttp.http import SERVER_SOFTWARE
 
-from registry.errors import ClientError
-from registry.handle import decode_path, parse
-from resolver.cache import Cache
+from registry.errors import ClientError, HandleNotFound, ValuesNotFound
+from registry.handle import Handle, decode_path, parse
+from resolver.api import error_document
+from resolver.cache import Cache, Entry
 from resolver.metrics import Metrics
-from resolver.pipeline import etag_matches, public_body
+from resolver.pipeline import Stage, etag_matches, public_body
 
+log = logging.getLogger("idnode.fastpath")
 API_PATH = b"/api/handles/"
 MAX_HEAD = 8190
+MAX_PENDING = 1 << 16
+"""Bytes buffered behind a request being resolved before reading pauses."""
 KEEPALIVE_TIMEOUT = 3630.0
 """Seconds an idle keep-alive connection stays open (aiohttp's default)."""
+_MEMO_LIMIT = 4096
+"""Ready-made answers kept for the hottest targets, rebuilt every second (Date)."""
 
 _HEAD_END = b"\r\n\r\n"
 _SLOW_HEADERS = frozenset(
     {b"authorization", b"content-length", b"transfer-encoding", b"expect", b"upgrade", b"cookie"}
 )
+_REASONS = {200: b"OK", 304: b"Not Modified", 400: b"Bad Request", 404: b"Not Found"}
 
 
-class _Date:
-    """The ``Date`` header value, formatted once a second."""
-
-    def __init__(self) -> None:
-        self._second = 0
-        self._value = b""
-
-    def __call__(self) -> bytes:
-        now = int(time.time())
-        if now != self._second:
-            self._second = now
-            self._value = formatdate(now, usegmt=True).encode()
-        return self._value
+class Request(NamedTuple):
+    head: bytes
+    """The request's bytes, kept to hand it to aiohttp if need be."""
+    method: bytes
+    target: bytes
+    etags: bytes | None
+    close: bool
 
 
-class FastPath:
-    """What every fast connection of one process shares."""
-
-    def __init__(self, cache: Cache, metrics: Metrics) -> None:
-        self.cache = cache
-        self.date = _Date()
-        self.server = SERVER_SOFTWARE.encode()
-        self.connections: weakref.WeakSet[FastProtocol] = weakref.WeakSet()
-        self._ok = metrics.requests.labels("http-fast", "resolve", "200")
-        self._not_modified = metrics.requests.labels("http-fast", "resolve", "304")
-        self._duration = metrics.request_duration.labels("http-fast", "resolve")
-
-    def answer(self, method: bytes, target: bytes, etags: bytes | None) -> bytes | None:
-        """The whole response for a cacheable request, or None to let aiohttp answer."""
-        started = time.perf_counter()
-        try:
-            text = decode_path(target[len(API_PATH) :].decode("ascii"))
-            h = parse(text)
-        except (ClientError, UnicodeDecodeError):
-            return None
-        entry = self.cache.fresh(h.key)
-        if entry is None or entry.record is None:
-            return None  # misses, and 404s, are aiohttp's (their answer is not precomputed)
-        if entry.public == b"[]" and entry.record.values:
-            return None
-        common = (
-            b"Content-Type: application/json\r\nETag: "
-            + entry.etag.encode()
-            + b"\r\nCache-Control: max-age="
-            + str(entry.max_age).encode()
-            + b"\r\nDate: "
-            + self.date()
-            + b"\r\nServer: "
-            + self.server
-            + b"\r\n"
-        )
-        if etags is not None and etag_matches(etags.decode("latin-1"), entry.etag):
-            self._not_modified.inc()
-            self._duration.observe(time.perf_counter() - started)
-            return b"HTTP/1.1 304 Not Modified\r\n" + common + b"\r\n"
-        body = public_body(text, entry)
-        head = b"HTTP/1.1 200 OK\r\nContent-Length: " + str(len(body)).encode() + b"\r\n" + common
-        self._ok.inc()
-        self._duration.observe(time.perf_counter() - started)
-        if method == b"HEAD":
-            return head + b"\r\n"
-        return head + b"\r\n" + body
-
-
-def _parse_head(head: bytes) -> tuple[bytes, bytes, bytes | None, bool] | None:
-    """(method, target, If-None-Match, close) for a request the fast path may answer."""
+def parse_head(head: bytes) -> Request | None:
+    """The request, when the fast path may answer it."""
     lines = head.split(b"\r\n")
     parts = lines[0].split(b" ")
     if len(parts) != 3 or parts[2] != b"HTTP/1.1" or parts[0] not in (b"GET", b"HEAD"):
@@ -128,7 +85,112 @@ def _parse_head(head: bytes) -> tuple[bytes, bytes, bytes | None, bool] | None:
             if b"upgrade" in tokens:
                 return None
             close = b"close" in tokens
-    return parts[0], target, etags, close
+    return Request(head + _HEAD_END, parts[0], target, etags, close)
+
+
+class FastPath:
+    """What every fast connection of one process shares."""
+
+    def __init__(self, cache: Cache, pipeline: Stage, metrics: Metrics) -> None:
+        self.cache = cache
+        self.pipeline = pipeline
+        self.metrics = metrics
+        self.server = SERVER_SOFTWARE.encode()
+        self.connections: weakref.WeakSet[FastProtocol] = weakref.WeakSet()
+        self._second = 0
+        self._date = b""
+        self._memo: dict[bytes, tuple[str, Entry, int, bytes]] = {}
+        self._count_200 = metrics.requests.labels("http-fast", "resolve", "200")
+        self._duration = metrics.request_duration.labels("http-fast", "resolve")
+
+    def _now(self) -> int:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self._date = formatdate(now, usegmt=True).encode()
+        return now
+
+    def _response(self, status: int, body: bytes, extra: bytes, method: bytes) -> bytes:
+        head = (
+            b"HTTP/1.1 %d %s\r\nContent-Length: %d\r\nContent-Type: application/json\r\n%s"
+            b"Date: %s\r\nServer: %s\r\n\r\n"
+            % (status, _REASONS.get(status, b"Error"), len(body), extra, self._date, self.server)
+        )
+        return head if method == b"HEAD" else head + body
+
+    def _answer(self, req: Request, text: str, entry: Entry) -> bytes:
+        """The response to a plain resolution of ``text`` given its entry."""
+        record = entry.record
+        if record is None:
+            return self._error(req, HandleNotFound(handle=text))
+        if entry.public == b"[]" and record.values:
+            return self._error(req, ValuesNotFound(handle=text))
+        extra = b"ETag: %s\r\nCache-Control: max-age=%d\r\n" % (entry.etag.encode(), entry.max_age)
+        if req.etags is not None and etag_matches(req.etags.decode("latin-1"), entry.etag):
+            self._count(304)
+            return b"HTTP/1.1 304 Not Modified\r\n%sDate: %s\r\nServer: %s\r\n\r\n" % (
+                extra,
+                self._date,
+                self.server,
+            )
+        self._count(200)
+        return self._response(200, public_body(text, entry), extra, req.method)
+
+    def _error(self, req: Request, exc: ClientError) -> bytes:
+        status, body = error_document(exc, exc.handle or "", write=False)
+        self._count(status)
+        return self._response(status, body, b"", req.method)
+
+    def _count(self, status: int) -> None:
+        if status == 200:
+            self._count_200.inc()
+        else:
+            self.metrics.requests.labels("http-fast", "resolve", str(status)).inc()
+
+    def answer_cached(self, req: Request) -> bytes | Handle | None:
+        """The response if the cache holds a fresh answer; else the handle to resolve.
+
+        None when aiohttp must answer (the target is not a handle it can parse here).
+        """
+        started = time.perf_counter()
+        now = self._now()
+        memo = self._memo.get(req.target)
+        if memo is not None and req.etags is None and req.method == b"GET":
+            key, memo_entry, second, ready = memo
+            if second == now and self.cache.fresh(key) is memo_entry:
+                self._count_200.inc()
+                self._duration.observe(time.perf_counter() - started)
+                return ready
+        try:
+            text = decode_path(req.target[len(API_PATH) :].decode("ascii"))
+            h = parse(text)
+        except (ClientError, UnicodeDecodeError):
+            return None  # aiohttp gives the error answer
+        entry = self.cache.fresh(h.key)
+        if entry is None:
+            return h
+        response = self._answer(req, text, entry)
+        if entry.record is not None and req.etags is None and req.method == b"GET":
+            if len(self._memo) >= _MEMO_LIMIT:
+                self._memo.clear()
+            self._memo[req.target] = (h.key, entry, now, response)
+        self._duration.observe(time.perf_counter() - started)
+        return response
+
+    async def answer_resolved(self, req: Request, h: Handle) -> bytes | None:
+        """The response after resolving ``h`` through the pipeline; None to let aiohttp answer."""
+        started = time.perf_counter()
+        try:
+            entry = await self.pipeline.resolve(h)
+        except ClientError as exc:
+            self._now()
+            return self._error(req, exc)
+        except Exception:
+            return None  # aiohttp repeats the work and answers (and logs) the failure
+        self._now()
+        response = self._answer(req, h.text, entry)
+        self._duration.observe(time.perf_counter() - started)
+        return response
 
 
 class FastProtocol(asyncio.Protocol):
@@ -139,6 +201,8 @@ class FastProtocol(asyncio.Protocol):
         self.make_handler = make_handler
         self.transport: asyncio.Transport | None = None
         self.buffer = b""
+        self.busy = False
+        self.paused = False
         self.last_active = 0.0
         self._idle: asyncio.TimerHandle | None = None
 
@@ -159,16 +223,27 @@ class FastProtocol(asyncio.Protocol):
             return
         loop = asyncio.get_running_loop()
         idle = loop.time() - self.last_active
-        if idle >= KEEPALIVE_TIMEOUT:
+        if idle >= KEEPALIVE_TIMEOUT and not self.busy:
             self.transport.close()
         else:
-            self._idle = loop.call_later(KEEPALIVE_TIMEOUT - idle, self._check_idle)
+            self._idle = loop.call_later(max(1.0, KEEPALIVE_TIMEOUT - idle), self._check_idle)
 
     def data_received(self, data: bytes) -> None:
-        assert self.transport is not None
-        buffer = self.buffer + data if self.buffer else data
+        self.buffer = self.buffer + data if self.buffer else data
         self._touch()
-        start = 0
+        if self.busy:
+            if len(self.buffer) > MAX_PENDING and self.transport is not None:
+                self.transport.pause_reading()
+                self.paused = True
+            return
+        self._process()
+
+    def _process(self) -> None:
+        """Answer the complete requests in the buffer, in order."""
+        transport = self.transport
+        if transport is None:
+            return
+        buffer, start = self.buffer, 0
         out: list[bytes] = []
         while True:
             end = buffer.find(_HEAD_END, start)
@@ -177,28 +252,53 @@ class FastProtocol(asyncio.Protocol):
                     break
                 self.buffer = buffer[start:]
                 if out:
-                    self.transport.write(b"".join(out))
+                    transport.write(b"".join(out))
                 return
-            parsed = _parse_head(buffer[start:end]) if end - start <= MAX_HEAD else None
-            if parsed is None:
+            req = parse_head(buffer[start:end]) if end - start <= MAX_HEAD else None
+            if req is None:
                 break
-            method, target, etags, close = parsed
-            response = self.fast.answer(method, target, etags)
-            if response is None:
+            answer = self.fast.answer_cached(req)
+            if answer is None:
                 break
-            out.append(response)
             start = end + 4
-            if close:
-                self.transport.write(b"".join(out))
-                self.transport.close()
+            if isinstance(answer, Handle):
+                if out:
+                    transport.write(b"".join(out))
+                self.buffer = buffer[start:]
+                self.busy = True
+                task = asyncio.ensure_future(self._resolve(req, answer))
+                task.add_done_callback(_consume)
+                return
+            out.append(answer)
+            if req.close:
+                transport.write(b"".join(out))
+                transport.close()
                 return
         if out:
-            self.transport.write(b"".join(out))
+            transport.write(b"".join(out))
         self._hand_off(buffer[start:])
+
+    async def _resolve(self, req: Request, h: Handle) -> None:
+        response = await self.fast.answer_resolved(req, h)
+        self.busy = False
+        if self.transport is None:
+            return
+        if response is None:
+            self._hand_off(req.head + self.buffer)
+            return
+        self.transport.write(response)
+        if req.close:
+            self.transport.close()
+            return
+        if self.paused:
+            self.paused = False
+            self.transport.resume_reading()
+        self._process()
 
     def _hand_off(self, pending: bytes) -> None:
         """Give the connection, and the bytes not yet answered, to aiohttp."""
-        assert self.transport is not None
+        if self.transport is None:
+            return
         transport, self.transport = self.transport, None
         self.buffer = b""
         if self._idle is not None:
@@ -208,6 +308,8 @@ class FastProtocol(asyncio.Protocol):
         handler = self.make_handler()
         transport.set_protocol(handler)
         handler.connection_made(transport)
+        if self.paused:
+            transport.resume_reading()
         if pending:
             handler.data_received(pending)
 
@@ -216,7 +318,7 @@ class FastProtocol(asyncio.Protocol):
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.transport is not None:
+        if self.transport is not None and not self.paused:
             self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -228,3 +330,8 @@ class FastProtocol(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+
+def _consume(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("fast path failed", exc_info=task.exception())

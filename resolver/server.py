@@ -71,7 +71,7 @@ async def serve_worker(config: Config, dsn: str, stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     aiohttp_server = runner.server
     assert aiohttp_server is not None
-    fast = FastPath(node.cache, metrics) if node.cache is not None else None
+    fast = FastPath(node.cache, node.pipeline, metrics) if node.cache is not None else None
 
     def protocol() -> asyncio.Protocol:
         if fast is None:

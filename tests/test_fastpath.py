@@ -97,15 +97,36 @@ async def registered(port: int, tenant: TenantFactory) -> tuple[Tenant, str]:
     return t, path
 
 
-async def test_cached_answer_is_the_aiohttp_answer(port: int, tenant: TenantFactory) -> None:
+async def test_fast_answers_are_the_aiohttp_answer(port: int, tenant: TenantFactory) -> None:
     t, path = await registered(port, tenant)
-    (slow,) = await exchange(port, get(path), 1)
-    (fast,) = await exchange(port, get(path), 1)
-    assert await fast_count(port) == 1, "the second request must be answered by the fast path"
-    assert (slow.status, fast.status) == (200, 200)
-    assert slow.body == fast.body
+    (miss,) = await exchange(port, get(path), 1)
+    assert await fast_count(port) == 1, "a miss is resolved by the fast path too"
+    (hit,) = await exchange(port, get(path), 1)
+    assert await fast_count(port) == 2
+    (slow,) = await exchange(port, get(path, "Cookie: a=b"), 1)  # a header that goes to aiohttp
+    assert await fast_count(port) == 2
+    assert miss.status == hit.status == slow.status == 200
+    assert miss.body == hit.body == slow.body
     for name in ("content-type", "etag", "cache-control", "content-length", "server"):
-        assert slow.headers[name] == fast.headers[name], name
+        assert miss.headers[name] == hit.headers[name] == slow.headers[name], name
+    absent = f"/api/handles/{t.handle('absent')}"
+    (fast_404,) = await exchange(port, get(absent), 1)
+    (slow_404,) = await exchange(port, get(absent, "Cookie: a=b"), 1)
+    assert fast_404.status == slow_404.status == 404
+    assert fast_404.body == slow_404.body
+    assert fast_404.headers["content-length"] == slow_404.headers["content-length"]
+    unhomed = "/api/handles/99.404.5/x"
+    (fast_301,) = await exchange(port, get(unhomed), 1)
+    (slow_301,) = await exchange(port, get(unhomed, "Cookie: a=b"), 1)
+    assert fast_301.status == slow_301.status == 400 and fast_301.body == slow_301.body
+
+
+async def test_one_connection_stays_fast_across_misses(port: int, tenant: TenantFactory) -> None:
+    t, path = await registered(port, tenant)
+    other = f"/api/handles/{t.handle('absent')}"
+    answers = await exchange(port, get(path) + get(other) + get(path) + get(other), 4)
+    assert [a.status for a in answers] == [200, 404, 200, 404]
+    assert await fast_count(port) == 2, "every one of them answered before aiohttp"
 
 
 async def test_head_and_conditional(port: int, tenant: TenantFactory) -> None:
@@ -173,3 +194,20 @@ async def test_connection_close_and_abandoned_client(port: int, tenant: TenantFa
         w.transport.abort()
     (after,) = await exchange(port, get(path), 1)
     assert after.status == 200
+
+
+async def test_no_stale_fast_answer_after_a_write(port: int, tenant: TenantFactory) -> None:
+    t, path = await registered(port, tenant)
+    auth = t.auth["Authorization"]
+    for n in range(5):
+        (before,) = await exchange(port, get(path), 1)
+        body = f'[{{"index":1,"type":"URL","data":"https://example.com/v{n}"}}]'.encode()
+        raw = (
+            f"PUT {path} HTTP/1.1\r\nHost: test\r\nAuthorization: {auth}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        (put,) = await exchange(port, raw, 1)
+        assert put.status == 200
+        (after,) = await exchange(port, get(path), 1)
+        assert f"https://example.com/v{n}".encode() in after.body
+        assert after.headers["etag"] != before.headers["etag"]
