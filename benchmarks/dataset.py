@@ -24,7 +24,7 @@ from registry import migrate, permissions
 from registry import values as hv
 from registry.handle import fold
 from registry.registry import ADMIN_INDEX, SECRET_INDEX, Registry
-from registry.store import Store, create_pool
+from registry.store import Store, create_pool, stored_columns
 from resolver.database import start_embedded
 
 PREFIX = "88.118.8"
@@ -36,7 +36,7 @@ CHUNK = 50_000
 TIMESTAMP = "2025-06-01T08:00:00Z"
 DEFAULT_SECRET = "bench-secret"
 ADMIN_IDENTITY = f"{SECRET_INDEX}:0.NA/{PREFIX}"
-COLUMNS = ("prefix_key", "suffix_key", "handle", "values")
+COLUMNS = ("prefix_key", "suffix_key", "handle", "values", "all_public", "public_ttl")
 MODELS = ("JXDY-2106", "JXDY-3300", "KTR-88A", "KTR-90B", "MX-410")
 
 
@@ -66,22 +66,17 @@ def record_values(n: int) -> list[hv.Value]:
     ]
 
 
-def stored_values(n: int) -> str:
-    """The ``values`` column of identifier ``n``: the served JSON array."""
-    return orjson.dumps([v.to_json() for v in record_values(n)]).decode()
-
-
 def served_body(n: int) -> bytes:
     """The body the node answers for ``GET /api/handles/88.118.8/P<n>``."""
     values = orjson.dumps([v.to_json() for v in record_values(n) if v.public_read])
     return b'{"responseCode":1,"handle":' + orjson.dumps(handle(n)) + b',"values":' + values + b"}"
 
 
-def rows(start: int, stop: int) -> Iterator[tuple[str, str, str, str]]:
+def rows(start: int, stop: int) -> Iterator[tuple[str, str, str, str, bool, int | None]]:
     prefix_key = fold(PREFIX)
     for n in range(start, stop):
         s = suffix(n)
-        yield prefix_key, fold(s), f"{PREFIX}/{s}", stored_values(n)
+        yield (prefix_key, fold(s), f"{PREFIX}/{s}", *stored_columns(record_values(n)))
 
 
 def database_url(bench_dir: Path) -> str:

@@ -2,7 +2,7 @@
 
 ``python -m benchmarks.naive PORT`` with ``DATABASE_URL`` set serves
 ``GET /api/handles/{prefix}/{suffix}`` from the ``handles`` table, answering the
-stored values (jsonb text, decoded and re-encoded compactly with orjson) as the
+stored values (JSON text, decoded and re-encoded compactly with orjson) as the
 node does; 404 with responseCode 100 when there is no row.
 """
 

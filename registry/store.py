@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
-from dataclasses import dataclass
 
 import asyncpg
 import orjson
@@ -20,26 +19,59 @@ from registry import values as hv
 from registry.errors import NotResponsible, ServerTooBusy, StoreError
 from registry.handle import Handle, fold
 
+_RECORD_COLUMNS = 'handle, "values", all_public, public_ttl'
 CHANNEL = "idnode_changes"
 """The NOTIFY channel that carries the key of every changed handle."""
 
 
-@dataclass(frozen=True, slots=True)
 class Record:
-    """A handle's whole record as stored."""
+    """A handle's whole record as stored.
 
-    handle: str
-    values: tuple[hv.Value, ...]
+    ``raw`` is the stored JSON array of the values in their served form; the
+    values are parsed from it only when someone asks for them.
+    """
+
+    __slots__ = ("handle", "raw", "all_public", "public_ttl", "_values")
+
+    def __init__(self, handle: str, raw: str, all_public: bool, public_ttl: int | None) -> None:
+        self.handle = handle
+        self.raw = raw
+        self.all_public = all_public
+        self.public_ttl = public_ttl
+        self._values: tuple[hv.Value, ...] | None = None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Record):
+            return NotImplemented
+        return (self.handle, self.raw) == (other.handle, other.raw)
+
+    def __hash__(self) -> int:
+        return hash((self.handle, self.raw))
+
+    def __repr__(self) -> str:
+        return f"Record({self.handle!r}, {self.raw!r})"
+
+    @classmethod
+    def of(cls, handle: str, values: Sequence[hv.Value]) -> Record:
+        return cls(handle, *stored_columns(values))
+
+    @property
+    def values(self) -> tuple[hv.Value, ...]:
+        if self._values is None:
+            self._values = tuple(hv.from_stored(item) for item in orjson.loads(self.raw))
+        return self._values
 
 
-def _encode_values(values: Sequence[hv.Value]) -> str:
-    return orjson.dumps([v.to_json() for v in sorted(values, key=lambda v: v.index)]).decode()
+def stored_columns(values: Sequence[hv.Value]) -> tuple[str, bool, int | None]:
+    """The ``values``, ``all_public`` and ``public_ttl`` columns of a record."""
+    ordered = sorted(values, key=lambda v: v.index)
+    raw = orjson.dumps([v.to_json() for v in ordered]).decode()
+    public_ttls = [v.ttl for v in ordered if v.public_read]
+    return raw, len(public_ttls) == len(ordered), min(public_ttls, default=None)
 
 
 def _record(row: asyncpg.Record) -> Record:
-    return Record(
-        row["handle"], tuple(hv.from_stored(item) for item in orjson.loads(row["values"]))
-    )
+    return Record(row["handle"], row["values"], row["all_public"], row["public_ttl"])
 
 
 @contextlib.asynccontextmanager
@@ -53,17 +85,10 @@ async def _translated() -> AsyncIterator[None]:
         raise StoreError(f"database error {exc.sqlstate}: {exc}") from exc
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
-    # values are (de)serialised with orjson by this module; keep jsonb as text on the wire
-    await conn.set_type_codec("jsonb", encoder=str, decoder=str, schema="pg_catalog")
-
-
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
     """A connection pool set up for this store."""
     async with _translated():
-        pool: asyncpg.Pool = await asyncpg.create_pool(
-            dsn, min_size=min_size, max_size=max_size, init=_init_connection
-        )
+        pool: asyncpg.Pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size)
     return pool
 
 
@@ -77,7 +102,7 @@ class Transaction:
     async def lock(self, h: Handle) -> Record | None:
         """Read a record and lock it until the transaction ends."""
         row = await self._conn.fetchrow(
-            'SELECT handle, "values"::text AS "values" FROM handles'
+            f"SELECT {_RECORD_COLUMNS} FROM handles"
             " WHERE prefix_key = $1 AND suffix_key = $2 FOR UPDATE",
             h.prefix_key,
             h.suffix_key,
@@ -87,12 +112,12 @@ class Transaction:
     async def insert(self, h: Handle, values: Sequence[hv.Value]) -> bool:
         """Create a record; False when it exists already."""
         inserted = await self._conn.fetchval(
-            'INSERT INTO handles (prefix_key, suffix_key, handle, "values")'
-            " VALUES ($1, $2, $3, $4::jsonb) ON CONFLICT DO NOTHING RETURNING true",
+            'INSERT INTO handles (prefix_key, suffix_key, handle, "values", all_public, public_ttl)'
+            " VALUES ($1, $2, $3, $4::json, $5, $6) ON CONFLICT DO NOTHING RETURNING true",
             h.prefix_key,
             h.suffix_key,
             h.text,
-            _encode_values(values),
+            *stored_columns(values),
         )
         if inserted:
             self.changed.add(h.key)
@@ -100,11 +125,11 @@ class Transaction:
 
     async def update(self, h: Handle, values: Sequence[hv.Value]) -> None:
         await self._conn.execute(
-            'UPDATE handles SET "values" = $3::jsonb, updated_at = now()'
-            " WHERE prefix_key = $1 AND suffix_key = $2",
+            'UPDATE handles SET "values" = $3::json, all_public = $4, public_ttl = $5,'
+            " updated_at = now() WHERE prefix_key = $1 AND suffix_key = $2",
             h.prefix_key,
             h.suffix_key,
-            _encode_values(values),
+            *stored_columns(values),
         )
         self.changed.add(h.key)
 
@@ -159,8 +184,7 @@ class Store:
         """For each handle: whether its prefix is homed here, and its record. One round trip."""
         async with _translated():
             rows = await self.pool.fetch(
-                "SELECT k.i, p.prefix_key IS NOT NULL AS homed,"
-                ' h.handle, h."values"::text AS "values"'
+                f"SELECT k.i, p.prefix_key IS NOT NULL AS homed, {_RECORD_COLUMNS}"
                 " FROM unnest($1::text[], $2::text[], $3::text[])"
                 " WITH ORDINALITY AS k(pk, sk, hp, i)"
                 " LEFT JOIN prefixes p ON p.prefix_key = k.hp"
@@ -179,8 +203,7 @@ class Store:
         """The whole record of one handle, by one primary-key lookup."""
         async with _translated():
             row = await self.pool.fetchrow(
-                'SELECT handle, "values"::text AS "values" FROM handles'
-                " WHERE prefix_key = $1 AND suffix_key = $2",
+                f"SELECT {_RECORD_COLUMNS} FROM handles WHERE prefix_key = $1 AND suffix_key = $2",
                 h.prefix_key,
                 h.suffix_key,
             )

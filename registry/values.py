@@ -79,7 +79,7 @@ def _reference_json(ref: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _ordered(fmt: str, data: Any) -> Any:
-    """References in Handle.Net's key order (handle, index, permissions): jsonb sorts keys."""
+    """References in Handle.Net's key order (handle, index, permissions), however sent."""
     if fmt == "admin" and isinstance(data, Mapping):
         return _reference_json(data)
     if fmt == "vlist" and isinstance(data, list):

@@ -31,13 +31,20 @@ class Stage(Protocol):
 
 
 def encode(record: Record | None) -> Entry:
-    """Encode a record's public values once, with their ETag and max-age."""
+    """Encode a record's public values once, with their ETag and max-age.
+
+    A record whose values are all public is served with its stored bytes as they are.
+    """
     if record is None:
         return Entry(None)
-    public = [v for v in record.values if v.public_read]
-    body = orjson.dumps([v.to_json() for v in public])
+    if record.all_public:
+        body = record.raw.encode()
+        max_age = record.public_ttl if record.public_ttl is not None else DEFAULT_MAX_AGE
+    else:
+        public = [v for v in record.values if v.public_read]
+        body = orjson.dumps([v.to_json() for v in public])
+        max_age = min((v.ttl for v in public), default=DEFAULT_MAX_AGE)
     etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
-    max_age = min((v.ttl for v in public), default=DEFAULT_MAX_AGE)
     return Entry(record, body, etag, max_age)
 
 

@@ -26,7 +26,7 @@ class FakeClock:
 
 
 def positive() -> Entry:
-    return encode(Record("88.1/x", ()))
+    return encode(Record.of("88.1/x", ()))
 
 
 def fill(cache: Cache, key: str, entry: Entry) -> bool:
@@ -111,7 +111,7 @@ class GatedStage:
         await self.gate.wait()
         if self.fail:
             raise ServerTooBusy("database unavailable")
-        return encode(Record(h.text, ()))
+        return encode(Record.of(h.text, ()))
 
 
 async def test_concurrent_misses_make_one_fetch() -> None:

@@ -2,7 +2,11 @@
 --
 -- handles: one row per identifier holding its whole record, so one index
 -- lookup answers a resolution. Keys are ASCII-lower-cased (Handle matching is
--- case-insensitive); `handle` keeps the spelling it was created with. The
+-- case-insensitive); `handle` keeps the spelling it was created with.
+-- `values` is `json`, not `jsonb`: it keeps the exact text the node wrote (the
+-- served form of the values), so a record whose values are all public is
+-- answered with those bytes as they are; `all_public` and `public_ttl` (the
+-- smallest TTL of the public values) are computed when the record is written. The
 -- primary key starts with prefix_key so the table can later be
 -- hash-partitioned by prefix (PARTITION BY HASH (prefix_key)) or distributed
 -- with Citus on that column without changing any query.
@@ -10,7 +14,9 @@ CREATE TABLE handles (
     prefix_key  text        NOT NULL,
     suffix_key  text        NOT NULL,
     handle      text        NOT NULL,
-    "values"    jsonb       NOT NULL,
+    "values"    json        NOT NULL,
+    all_public  boolean     NOT NULL,
+    public_ttl  integer,
     created_at  timestamptz NOT NULL DEFAULT now(),
     updated_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (prefix_key, suffix_key)
