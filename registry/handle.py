@@ -8,7 +8,7 @@ one identifier.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import unquote_to_bytes
 
 from registry.errors import InvalidHandle
@@ -56,18 +56,17 @@ class Handle:
     text: str
     prefix: str
     suffix: str
+    key: str = field(init=False, compare=False)
+    """``text`` with ASCII letters folded: what lookups match on."""
+    prefix_key: str = field(init=False, compare=False)
+    suffix_key: str = field(init=False, compare=False)
 
-    @property
-    def prefix_key(self) -> str:
-        return fold(self.prefix)
-
-    @property
-    def suffix_key(self) -> str:
-        return fold(self.suffix)
-
-    @property
-    def key(self) -> str:
-        return fold(self.text)
+    def __post_init__(self) -> None:
+        key = fold(self.text)
+        set_field = object.__setattr__
+        set_field(self, "key", key)
+        set_field(self, "prefix_key", key[: len(self.prefix)])
+        set_field(self, "suffix_key", key[len(self.prefix) + 1 :])
 
     @property
     def is_prefix_record(self) -> bool:

@@ -36,7 +36,7 @@ from registry.store import Store
 from resolver.cache import Cache, Entry
 from resolver.invalidation import Listener
 from resolver.metrics import Metrics
-from resolver.pipeline import Stage, etag_matches, public_body
+from resolver.pipeline import Stage, etag_matches, public_body, resolve
 
 API_PREFIX = "/api/handles/"
 DEFAULT_PAGE_SIZE = 1000
@@ -182,7 +182,7 @@ async def get_handle(request: web.Request) -> web.Response:
     public_only = _flag(query, "publicOnly", who is None)
     if not public_only and who is None:
         raise AuthenticationNeeded("publicOnly=false needs an authenticated admin", handle=text)
-    entry = await node.pipeline.resolve(h, authoritative=_flag(query, "auth", False))
+    entry = await resolve(node.pipeline, h, authoritative=_flag(query, "auth", False))
     record = entry.record
     if record is None:
         raise HandleNotFound(handle=text)

@@ -23,6 +23,7 @@ import time
 import weakref
 from collections.abc import Callable
 from email.utils import formatdate
+from functools import partial
 from typing import NamedTuple, cast
 
 from aiohttp.http import SERVER_SOFTWARE
@@ -177,18 +178,17 @@ class FastPath:
         self._duration.observe(time.perf_counter() - started)
         return response
 
-    async def answer_resolved(self, req: Request, h: Handle) -> bytes | None:
-        """The response after resolving ``h`` through the pipeline; None to let aiohttp answer."""
-        started = time.perf_counter()
-        try:
-            entry = await self.pipeline.resolve(h)
-        except ClientError as exc:
-            self._now()
-            return self._error(req, exc)
-        except Exception:
+    def answer_resolved(
+        self, req: Request, h: Handle, resolved: asyncio.Future[Entry], started: float
+    ) -> bytes | None:
+        """The response once the pipeline answered; None to let aiohttp answer."""
+        exc = resolved.exception() if not resolved.cancelled() else None
+        if resolved.cancelled() or (exc is not None and not isinstance(exc, ClientError)):
             return None  # aiohttp repeats the work and answers (and logs) the failure
         self._now()
-        response = self._answer(req, h.text, entry)
+        if isinstance(exc, ClientError):
+            return self._error(req, exc)
+        response = self._answer(req, h.text, resolved.result())
         self._duration.observe(time.perf_counter() - started)
         return response
 
@@ -266,8 +266,10 @@ class FastProtocol(asyncio.Protocol):
                     transport.write(b"".join(out))
                 self.buffer = buffer[start:]
                 self.busy = True
-                task = asyncio.ensure_future(self._resolve(req, answer))
-                task.add_done_callback(_consume)
+                resolved = self.fast.pipeline.lookup(answer)
+                resolved.add_done_callback(
+                    partial(self._resolved, req, answer, time.perf_counter())
+                )
                 return
             out.append(answer)
             if req.close:
@@ -278,8 +280,10 @@ class FastProtocol(asyncio.Protocol):
             transport.write(b"".join(out))
         self._hand_off(buffer[start:])
 
-    async def _resolve(self, req: Request, h: Handle) -> None:
-        response = await self.fast.answer_resolved(req, h)
+    def _resolved(
+        self, req: Request, h: Handle, started: float, resolved: asyncio.Future[Entry]
+    ) -> None:
+        response = self.fast.answer_resolved(req, h, resolved, started)
         self.busy = False
         if self.transport is None:
             return
@@ -330,8 +334,3 @@ class FastProtocol(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
-
-
-def _consume(task: asyncio.Future[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("fast path failed", exc_info=task.exception())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from functools import partial
 from typing import Any, Protocol
 
 import orjson
@@ -25,9 +26,20 @@ DEFAULT_MAX_AGE = 86400
 
 
 class Stage(Protocol):
-    async def resolve(self, h: Handle, *, authoritative: bool = False) -> Entry:
-        """The handle's entry; ``authoritative`` asks for the source of truth, not a cache."""
-        ...
+    """One stage of resolution.
+
+    ``lookup`` answers a future, so a front-end can attach a callback and a
+    miss costs no task; ``authoritative`` asks for the source of truth, not a
+    cache. The future is shared with other callers: await it through
+    ``resolve``, which shields it from the caller's cancellation.
+    """
+
+    def lookup(self, h: Handle, *, authoritative: bool = False) -> asyncio.Future[Entry]: ...
+
+
+async def resolve(stage: Stage, h: Handle, *, authoritative: bool = False) -> Entry:
+    """Await a stage's answer for ``h``."""
+    return await asyncio.shield(stage.lookup(h, authoritative=authoritative))
 
 
 def encode(record: Record | None) -> Entry:
@@ -79,15 +91,15 @@ class StoreStage:
         self.store = store
         self.metrics = metrics
         self.max_batch = max_batch
-        self._waiting: list[tuple[Handle, asyncio.Future[Record | None]]] = []
+        self._waiting: list[tuple[Handle, asyncio.Future[Entry]]] = []
 
-    async def resolve(self, h: Handle, *, authoritative: bool = False) -> Entry:
-        future: asyncio.Future[Record | None] = asyncio.get_running_loop().create_future()
+    def lookup(self, h: Handle, *, authoritative: bool = False) -> asyncio.Future[Entry]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Entry] = loop.create_future()
         if not self._waiting:
-            asyncio.get_running_loop().call_soon(self._dispatch)
+            loop.call_soon(self._dispatch)
         self._waiting.append((h, future))
-        record = await future
-        return encode(record)
+        return future
 
     def _dispatch(self) -> None:
         waiting, self._waiting = self._waiting, []
@@ -96,7 +108,7 @@ class StoreStage:
             task = asyncio.create_task(self._lookup(batch))
             task.add_done_callback(_consume)
 
-    async def _lookup(self, batch: list[tuple[Handle, asyncio.Future[Record | None]]]) -> None:
+    async def _lookup(self, batch: list[tuple[Handle, asyncio.Future[Entry]]]) -> None:
         started = time.perf_counter()
         try:
             answers = await self.store.lookup_many([h for h, _ in batch])
@@ -111,7 +123,7 @@ class StoreStage:
             if future.done():
                 continue
             if homed:
-                future.set_result(record)
+                future.set_result(encode(record))
             else:
                 future.set_exception(
                     NotResponsible(
@@ -131,32 +143,36 @@ class CacheStage:
         self.inner = inner
         self.cache = cache
 
-    async def resolve(self, h: Handle, *, authoritative: bool = False) -> Entry:
+    def lookup(self, h: Handle, *, authoritative: bool = False) -> asyncio.Future[Entry]:
         if authoritative:
-            return await self.inner.resolve(h, authoritative=True)
+            return self.inner.lookup(h, authoritative=True)
         key = h.key
         entry = self.cache.fresh(key)
         if entry is not None:
-            return entry
+            done: asyncio.Future[Entry] = asyncio.get_running_loop().create_future()
+            done.set_result(entry)
+            return done
         flight = self.cache.flight(key)
         if flight is None:
-            flight = asyncio.ensure_future(self._fetch(key, h))
-            flight.add_done_callback(_consume)
+            flight = asyncio.get_running_loop().create_future()
             self.cache.begin(key, flight)
-        try:
-            return await asyncio.shield(flight)
-        except ServerTooBusy:
-            stale = self.cache.stale(key)
-            if stale is None:
-                raise
-            return stale
+            self.inner.lookup(h).add_done_callback(partial(self._fetched, key, flight))
+        return flight
 
-    async def _fetch(self, key: str, h: Handle) -> Entry:
-        me = asyncio.current_task()
-        try:
-            entry = await self.inner.resolve(h)
-        except BaseException:
-            self.cache.end(key, me)  # type: ignore[arg-type]
-            raise
-        self.cache.fill(key, me, entry)  # type: ignore[arg-type]
-        return entry
+    def _fetched(
+        self, key: str, flight: asyncio.Future[Entry], below: asyncio.Future[Entry]
+    ) -> None:
+        if below.cancelled() or below.exception() is not None:
+            self.cache.end(key, flight)
+            exc = below.exception() if not below.cancelled() else ServerTooBusy("lookup cancelled")
+            stale = self.cache.stale(key) if isinstance(exc, ServerTooBusy) else None
+            if not flight.done():
+                if stale is not None:
+                    flight.set_result(stale)
+                else:
+                    flight.set_exception(exc or ServerTooBusy())
+            return
+        entry = below.result()
+        self.cache.fill(key, flight, entry)
+        if not flight.done():
+            flight.set_result(entry)

@@ -13,7 +13,7 @@ from registry.handle import Handle, parse
 from registry.store import Record
 from resolver.cache import Cache, Entry
 from resolver.metrics import Metrics
-from resolver.pipeline import CacheStage, encode
+from resolver.pipeline import CacheStage, encode, resolve
 from tests.conftest import RunningNode, Tenant, TenantFactory, free_port
 
 
@@ -105,25 +105,35 @@ class GatedStage:
         self.calls = 0
         self.gate = asyncio.Event()
         self.fail = False
+        self._answering: set[asyncio.Task[None]] = set()
 
-    async def resolve(self, h: Handle, *, authoritative: bool = False) -> Entry:
+    def lookup(self, h: Handle, *, authoritative: bool = False) -> asyncio.Future[Entry]:
         self.calls += 1
-        await self.gate.wait()
-        if self.fail:
-            raise ServerTooBusy("database unavailable")
-        return encode(Record.of(h.text, ()))
+        future: asyncio.Future[Entry] = asyncio.get_running_loop().create_future()
+
+        async def answer() -> None:
+            await self.gate.wait()
+            if self.fail:
+                future.set_exception(ServerTooBusy("database unavailable"))
+            else:
+                future.set_result(encode(Record.of(h.text, ())))
+
+        task = asyncio.ensure_future(answer())
+        self._answering.add(task)
+        task.add_done_callback(self._answering.discard)
+        return future
 
 
 async def test_concurrent_misses_make_one_fetch() -> None:
     inner = GatedStage()
     stage = CacheStage(inner, Cache(clock=FakeClock()))
-    waiters = [asyncio.create_task(stage.resolve(parse("88.1/X"))) for _ in range(20)]
+    waiters = [asyncio.create_task(resolve(stage, parse("88.1/X"))) for _ in range(20)]
     await asyncio.sleep(0)
     inner.gate.set()
     results = await asyncio.gather(*waiters)
     assert inner.calls == 1
     assert all(r is results[0] for r in results)
-    await stage.resolve(parse("88.1/x"))
+    await resolve(stage, parse("88.1/x"))
     assert inner.calls == 1, "a different spelling is the same key"
 
 
@@ -131,24 +141,24 @@ async def test_authoritative_resolution_bypasses_the_cache() -> None:
     inner = GatedStage()
     inner.gate.set()
     stage = CacheStage(inner, Cache(clock=FakeClock()))
-    await stage.resolve(parse("88.1/x"))
-    await stage.resolve(parse("88.1/x"))
+    await resolve(stage, parse("88.1/x"))
+    await resolve(stage, parse("88.1/x"))
     assert inner.calls == 1
-    await stage.resolve(parse("88.1/x"), authoritative=True)
+    await resolve(stage, parse("88.1/x"), authoritative=True)
     assert inner.calls == 2
     inner.fail = True
     with pytest.raises(ServerTooBusy):
-        await stage.resolve(parse("88.1/x"), authoritative=True)
+        await resolve(stage, parse("88.1/x"), authoritative=True)
 
 
 async def test_request_after_invalidation_does_not_join_old_fetch() -> None:
     inner = GatedStage()
     cache = Cache(clock=FakeClock())
     stage = CacheStage(inner, cache)
-    early = asyncio.create_task(stage.resolve(parse("88.1/x")))
+    early = asyncio.create_task(resolve(stage, parse("88.1/x")))
     await asyncio.sleep(0)
     cache.invalidate(["88.1/x"])
-    late = asyncio.create_task(stage.resolve(parse("88.1/x")))
+    late = asyncio.create_task(resolve(stage, parse("88.1/x")))
     await asyncio.sleep(0)
     inner.gate.set()
     await asyncio.gather(early, late)
@@ -162,16 +172,16 @@ async def test_database_down_serves_stale_then_503() -> None:
     inner.gate.set()
     cache = Cache(max_age=10, stale_for=30, clock=clock)
     stage = CacheStage(inner, cache)
-    await stage.resolve(parse("88.1/x"))
+    await resolve(stage, parse("88.1/x"))
     inner.fail = True
     clock.now += 11
-    served = await stage.resolve(parse("88.1/x"))
+    served = await resolve(stage, parse("88.1/x"))
     assert served.record is not None and cache.stats.stale_served == 1
     clock.now += 30
     with pytest.raises(ServerTooBusy):
-        await stage.resolve(parse("88.1/x"))
+        await resolve(stage, parse("88.1/x"))
     with pytest.raises(ServerTooBusy):
-        await stage.resolve(parse("88.1/never-seen"))
+        await resolve(stage, parse("88.1/never-seen"))
 
 
 # --- coherence with real processes' caches on a real PostgreSQL ----------------------------

@@ -12,7 +12,7 @@ from registry.errors import NotResponsible
 from registry.handle import Handle, parse
 from registry.registry import Registry
 from registry.store import Record, Store
-from resolver.pipeline import StoreStage
+from resolver.pipeline import StoreStage, resolve
 from tests.conftest import TenantFactory
 
 
@@ -41,7 +41,7 @@ async def test_concurrent_misses_share_one_query(
     counting = CountingStore(store)
     stage = StoreStage(counting)
     names = [t.handle(f"b{n}") for n in range(30)] + [t.handle("absent")]
-    entries = await asyncio.gather(*(stage.resolve(parse(name)) for name in names))
+    entries = await asyncio.gather(*(resolve(stage, parse(name)) for name in names))
     assert counting.batches == [31]
     for n, entry in enumerate(entries[:30]):
         assert entry.record is not None
@@ -53,11 +53,11 @@ async def test_unhomed_handle_fails_alone(store: Store, tenant: TenantFactory) -
     t = await tenant()
     stage = StoreStage(store)
     ours, foreign = await asyncio.gather(
-        stage.resolve(parse(t.handle("x"))),
-        stage.resolve(parse("99.999/x")),
+        resolve(stage, parse(t.handle("x"))),
+        resolve(stage, parse("99.999/x")),
         return_exceptions=True,
     )
     assert not isinstance(ours, BaseException) and ours.record is None
     assert isinstance(foreign, NotResponsible)
     with pytest.raises(NotResponsible):
-        await stage.resolve(parse("99.999/y"))
+        await resolve(stage, parse("99.999/y"))
