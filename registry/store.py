@@ -85,6 +85,17 @@ async def _translated() -> AsyncIterator[None]:
         raise StoreError(f"database error {exc.sqlstate}: {exc}") from exc
 
 
+async def _reset(conn: asyncpg.Connection) -> None:
+    """Reset a released connection only when it needs it.
+
+    asyncpg's default reset sends a query on every release (a round trip per
+    lookup); this store leaves no session state behind (no LISTEN, advisory
+    locks released explicitly), so only a connection left in a transaction needs it.
+    """
+    if conn.is_in_transaction():
+        await conn.reset()
+
+
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
     """A connection pool set up for this store."""
     async with _translated():
