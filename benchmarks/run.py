@@ -10,8 +10,10 @@
    scenarios (cached hot set, uniform misses, Zipf(0.9)). PostgreSQL is not
    pinned.
 4. Prints the table and the ratios the project tracks, and writes them to
-   ``benchmarks/results/latest.md``; then runs ``benchmarks.hit_ratio`` and
-   appends its table.
+   ``benchmarks/results/latest.md``; then runs ``benchmarks.hit_ratio``,
+   ``benchmarks.memory`` (bytes per cached entry) and ``benchmarks.coherence``
+   (time until every worker of a two-worker node drops a changed record) and
+   appends their results.
 
 Environment: ``IDNODE_BENCH_SECONDS`` (default 10), ``IDNODE_BENCH_IDENTIFIERS``
 (default 1000000), ``DATABASE_URL`` (default: the embedded server). The machine
@@ -34,7 +36,7 @@ from types import FrameType
 
 import orjson
 
-from benchmarks import dataset, hit_ratio, targets, wrk
+from benchmarks import coherence, dataset, hit_ratio, memory, targets, wrk
 from benchmarks.system import ROOT, ensure_packages, git_describe, http_get
 
 HERE = Path(__file__).resolve().parent
@@ -273,6 +275,17 @@ def prepare_database() -> str:
     return dsn
 
 
+def coherence_line(dsn: str) -> str:
+    """Time until no worker of a two-worker node answers a changed record's old version."""
+    with tempfile.TemporaryDirectory(prefix="idnode-coherence-") as tmp:
+        log = LOG_DIR / "node-coherence.log"
+        with targets.node(dsn, Path(tmp), log, workers=2) as base:
+            delays = coherence.measure(
+                base, dataset.ADMIN_IDENTITY, dataset.DEFAULT_SECRET, writes=200
+            )
+    return coherence.summary(delays) + " (2 workers; goal p99 < 50 ms)"
+
+
 def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)  # unwinds: servers stopped, embedded PostgreSQL stopped
 
@@ -298,6 +311,10 @@ def main() -> int:
     RESULTS.write_text(markdown(header, rows, notes), encoding="utf-8")
     print(flush=True)
     hit_ratio.run(hit_ratio.REQUESTS, hit_ratio.UNIVERSE, hit_ratio.CAPACITY, RESULTS)
+    extra = [memory.summary(), coherence_line(dsn)]
+    print("\n" + "\n".join(extra))
+    with RESULTS.open("a", encoding="utf-8") as out:
+        out.write("\n### Memory and coherence\n\n" + "".join(f"- {line}\n" for line in extra))
     print(f"\nbench: wrote {RESULTS.relative_to(ROOT)}; {time.monotonic() - started:.0f} s in all")
     return 0
 

@@ -92,7 +92,7 @@ def idnode_binary() -> str:
 
 
 @contextlib.contextmanager
-def node(dsn: str, workdir: Path, log: Path) -> Iterator[str]:
+def node(dsn: str, workdir: Path, log: Path, workers: int = NODE_WORKERS) -> Iterator[str]:
     """``idnode serve`` on the benchmark database, warnings and errors logged to ``log``."""
     port = free_port()
     env = _clean_env(
@@ -100,7 +100,7 @@ def node(dsn: str, workdir: Path, log: Path) -> Iterator[str]:
         IDNODE_HOST="127.0.0.1",
         IDNODE_PORT=str(port),
         IDNODE_LOG_LEVEL="WARNING",
-        IDNODE_WORKERS=str(NODE_WORKERS),
+        IDNODE_WORKERS=str(workers),
         IDNODE_DATA_DIR=str(workdir),
     )
     base = f"http://127.0.0.1:{port}"

@@ -27,13 +27,14 @@ CHANNEL = "idnode_changes"
 class Record:
     """A handle's whole record as stored.
 
-    ``raw`` is the stored JSON array of the values in their served form; the
-    values are parsed from it only when someone asks for them.
+    ``raw`` is the stored JSON array of the values in their served form (UTF-8
+    bytes: a record whose values are all public is answered with them as they
+    are); the values are parsed from it only when someone asks for them.
     """
 
     __slots__ = ("handle", "raw", "all_public", "public_ttl", "_values")
 
-    def __init__(self, handle: str, raw: str, all_public: bool, public_ttl: int | None) -> None:
+    def __init__(self, handle: str, raw: bytes, all_public: bool, public_ttl: int | None) -> None:
         self.handle = handle
         self.raw = raw
         self.all_public = all_public
@@ -53,7 +54,8 @@ class Record:
 
     @classmethod
     def of(cls, handle: str, values: Sequence[hv.Value]) -> Record:
-        return cls(handle, *stored_columns(values))
+        raw, all_public, public_ttl = stored_columns(values)
+        return cls(handle, raw.encode(), all_public, public_ttl)
 
     @property
     def values(self) -> tuple[hv.Value, ...]:
@@ -71,7 +73,7 @@ def stored_columns(values: Sequence[hv.Value]) -> tuple[str, bool, int | None]:
 
 
 def _record(row: asyncpg.Record) -> Record:
-    return Record(row["handle"], row["values"], row["all_public"], row["public_ttl"])
+    return Record(row["handle"], row["values"].encode(), row["all_public"], row["public_ttl"])
 
 
 @contextlib.asynccontextmanager

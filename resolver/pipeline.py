@@ -50,7 +50,7 @@ def encode(record: Record | None) -> Entry:
     if record is None:
         return Entry(None)
     if record.all_public:
-        body = record.raw.encode()
+        body = record.raw
         max_age = record.public_ttl if record.public_ttl is not None else DEFAULT_MAX_AGE
     else:
         public = [v for v in record.values if v.public_read]
