@@ -83,17 +83,21 @@ async def fast_count(port: int) -> float:
     return 0.0
 
 
-async def registered(port: int, tenant: TenantFactory) -> tuple[Tenant, str]:
-    t = await tenant()
-    path = f"/api/handles/{t.handle('FAST')}"
-    body = b'[{"index":1,"type":"URL","data":"https://example.com/fast"}]'
-    auth = t.auth["Authorization"]
+async def put_url(port: int, t: Tenant, path: str, url: str) -> int:
+    """Write the record's URL value over a raw connection; answer the status."""
+    body = f'[{{"index":1,"type":"URL","data":"{url}"}}]'.encode()
     raw = (
-        f"PUT {path} HTTP/1.1\r\nHost: test\r\nAuthorization: {auth}\r\n"
+        f"PUT {path} HTTP/1.1\r\nHost: test\r\nAuthorization: {t.auth['Authorization']}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode() + body
     (r,) = await exchange(port, raw, 1)
-    assert r.status == 201
+    return r.status
+
+
+async def registered(port: int, tenant: TenantFactory) -> tuple[Tenant, str]:
+    t = await tenant()
+    path = f"/api/handles/{t.handle('FAST')}"
+    assert await put_url(port, t, path, "https://example.com/fast") == 201
     return t, path
 
 
@@ -198,16 +202,9 @@ async def test_connection_close_and_abandoned_client(port: int, tenant: TenantFa
 
 async def test_no_stale_fast_answer_after_a_write(port: int, tenant: TenantFactory) -> None:
     t, path = await registered(port, tenant)
-    auth = t.auth["Authorization"]
     for n in range(5):
         (before,) = await exchange(port, get(path), 1)
-        body = f'[{{"index":1,"type":"URL","data":"https://example.com/v{n}"}}]'.encode()
-        raw = (
-            f"PUT {path} HTTP/1.1\r\nHost: test\r\nAuthorization: {auth}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-        ).encode() + body
-        (put,) = await exchange(port, raw, 1)
-        assert put.status == 200
+        assert await put_url(port, t, path, f"https://example.com/v{n}") == 200
         (after,) = await exchange(port, get(path), 1)
         assert f"https://example.com/v{n}".encode() in after.body
         assert after.headers["etag"] != before.headers["etag"]
