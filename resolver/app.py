@@ -104,6 +104,9 @@ async def readyz(request: web.Request) -> web.Response:
     if missing:
         names = ", ".join(f"{m.version}_{m.name}" for m in missing)
         return api.json_response({"status": "unavailable", "reason": f"pending: {names}"}, 503)
+    if node.listener is not None and not node.listener.connected.is_set():
+        reason = "LISTEN connection down: cache not trusted"
+        return api.json_response({"status": "unavailable", "reason": reason}, 503)
     return api.json_response({"status": "ready"})
 
 

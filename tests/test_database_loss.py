@@ -111,6 +111,8 @@ async def test_stale_while_down_and_recovery(
     while trusted(node) != 1:
         assert loop.time() < deadline, "the LISTEN connection did not come back"
         await asyncio.sleep(0.05)
+    async with node.session.get(f"{node.url}/readyz") as r:
+        assert r.status == 200 and (await r.json())["status"] == "ready"
 
 
 def trusted(node: RunningNode) -> float | None:
