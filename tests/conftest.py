@@ -256,3 +256,20 @@ def cli(
         )
 
     return run
+
+
+@pytest.fixture
+async def loop_hygiene() -> AsyncIterator[None]:
+    """Fail an async test when its event loop reports an unhandled exception."""
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    yield
+    loop.set_exception_handler(None)
+    assert not reported, f"unhandled exceptions in the event loop: {reported}"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if isinstance(item, pytest.Function) and asyncio.iscoroutinefunction(item.obj):
+            item.fixturenames.insert(0, "loop_hygiene")
