@@ -20,7 +20,7 @@ from registry import values as hv
 from registry.errors import AuthenticationNeeded, InsufficientPermissions, InvalidHandle, NotAnAdmin
 from registry.permissions import Perm
 from registry.secrets import verify_secret
-from registry.store import Store
+from registry.store import Reader, Store
 
 _MAX_GROUP_DEPTH = 3
 
@@ -85,42 +85,51 @@ class Authority:
         raise AuthenticationNeeded("identity or secret is wrong")
 
     async def _admin_entries(
-        self, h: hs.Handle, own_values: Sequence[hv.Value] | None
+        self, h: hs.Handle, own_values: Sequence[hv.Value] | None, reader: Reader
     ) -> list[dict[str, object]]:
         entries = [v.data for v in own_values or () if v.type.upper() == hv.ADMIN_TYPE]
         for prefix in hs.parent_prefixes(h.homing_prefix):
-            record = await self.store.get(hs.prefix_record(prefix))
+            record = await reader.get(hs.prefix_record(prefix))
             if record is not None:
                 entries += [v.data for v in record.values if v.type.upper() == hv.ADMIN_TYPE]
         return [e for e in entries if isinstance(e, dict)]
 
-    async def _refers_to(self, ref_handle: str, ref_index: int, who: Identity, depth: int) -> bool:
+    async def _refers_to(
+        self, ref_handle: str, ref_index: int, who: Identity, depth: int, reader: Reader
+    ) -> bool:
         if hs.fold(ref_handle) == who.handle.key and ref_index in (0, who.index):
             return True
         if depth >= _MAX_GROUP_DEPTH:
             return False
         try:
-            record = await self.store.get(hs.parse(ref_handle))
+            record = await reader.get(hs.parse(ref_handle))
         except InvalidHandle:
             return False
         for v in record.values if record else ():
             if v.type.upper() == hv.VLIST_TYPE and ref_index in (0, v.index):
                 for member in v.data if isinstance(v.data, list) else ():
-                    if await self._refers_to(member["handle"], member["index"], who, depth + 1):
+                    if await self._refers_to(
+                        member["handle"], member["index"], who, depth + 1, reader
+                    ):
                         return True
         return False
 
     async def _granted(
-        self, who: Identity, h: hs.Handle, own_values: Sequence[hv.Value] | None
+        self,
+        who: Identity,
+        h: hs.Handle,
+        own_values: Sequence[hv.Value] | None,
+        reader: Reader | None,
     ) -> list[str]:
         """The permission strings of the HS_ADMIN entries naming ``who``."""
+        reader = reader or self.store
         grants = []
-        for entry in await self._admin_entries(h, own_values):
+        for entry in await self._admin_entries(h, own_values, reader):
             ref_index = entry.get("index")
             ref_handle = entry.get("handle")
             if not isinstance(ref_index, int) or not isinstance(ref_handle, str):
                 continue
-            if await self._refers_to(ref_handle, ref_index, who, 0):
+            if await self._refers_to(ref_handle, ref_index, who, 0, reader):
                 grants.append(str(entry.get("permissions", "")))
         return grants
 
@@ -130,11 +139,15 @@ class Authority:
         h: hs.Handle,
         perms: Iterable[Perm],
         own_values: Sequence[hv.Value] | None,
+        reader: Reader | None = None,
     ) -> None:
-        """Raise unless ``who`` holds every permission in ``perms`` on ``h``."""
+        """Raise unless ``who`` holds every permission in ``perms`` on ``h``.
+
+        ``reader`` is the open transaction when there is one (see ``Transaction``).
+        """
         if who is None:
             raise AuthenticationNeeded("this operation needs an authenticated admin", handle=h.text)
-        grants = await self._granted(who, h, own_values)
+        grants = await self._granted(who, h, own_values, reader)
         if not grants:
             raise NotAnAdmin(f"{who} is not an administrator of {h.text}", handle=h.text)
         for perm in perms:
@@ -149,5 +162,5 @@ class Authority:
         """True when ``who`` is an admin of ``h`` with READ_VALUE."""
         if who is None:
             return False
-        grants = await self._granted(who, h, own_values)
+        grants = await self._granted(who, h, own_values, None)
         return any(permissions.has(g, Perm.READ_VALUE) for g in grants)

@@ -51,6 +51,12 @@ def _protect_secret(v: hv.Value) -> hv.Value:
         raise InvalidValue(
             f"value {v.index}: HS_SECKEY data must be a non-empty string secret", index=v.index
         )
+    if v.public_read:
+        raise InvalidValue(
+            f"value {v.index}: HS_SECKEY values cannot be publicly readable"
+            " (permissions must have public-read 0, e.g. 1100)",
+            index=v.index,
+        )
     return v if is_hashed(v.data) else replace(v, data=hash_secret(v.data))
 
 
@@ -133,7 +139,7 @@ class Registry:
             if old is None:
                 if h.is_prefix_record:
                     raise NotResponsible("prefix records are created by `idnode prefix add`")
-                await self.authority.require(who, h, [Perm.ADD_HANDLE], None)
+                await self.authority.require(who, h, [Perm.ADD_HANDLE], None, tx)
                 assert who is not None
                 values = self._with_default_admin(who, values)
                 if not await tx.insert(h, values):
@@ -142,7 +148,7 @@ class Registry:
                 return PutResult(h.text, created=True)
             if not overwrite:
                 raise HandleAlreadyExists(handle=h.text)
-            await self.authority.require(who, h, _changes(old.values, values), old.values)
+            await self.authority.require(who, h, _changes(old.values, values), old.values, tx)
             values = _keep_timestamps(old.values, values)
             await tx.update(h, values)
             await tx.audit(str(who), "replace", h.text, [v.index for v in values])
@@ -170,7 +176,7 @@ class Registry:
         values = [_protect_secret(v) for v in values]
         async with self.store.writing() as tx:
             old = await self._existing(tx, h)
-            await self.authority.require(who, h, [], old.values)  # no probing by outsiders
+            await self.authority.require(who, h, [], old.values, tx)  # no probing by outsiders
             present = {v.index for v in old.values}
             if not overwrite and present & wanted:
                 first = min(present & wanted)
@@ -178,7 +184,7 @@ class Registry:
                     f"value {first} already exists", handle=h.text, index=first
                 )
             merged = [v for v in old.values if v.index not in wanted] + values
-            await self.authority.require(who, h, _changes(old.values, merged), old.values)
+            await self.authority.require(who, h, _changes(old.values, merged), old.values, tx)
             merged = _keep_timestamps(old.values, merged)
             await tx.update(h, merged)
             await tx.audit(str(who), "put-values", h.text, sorted(wanted))
@@ -192,7 +198,7 @@ class Registry:
                 raise InsufficientPermissions(
                     "a prefix record cannot be deleted through the API", handle=h.text
                 )
-            await self.authority.require(who, h, [Perm.DELETE_HANDLE], old.values)
+            await self.authority.require(who, h, [Perm.DELETE_HANDLE], old.values, tx)
             await tx.delete(h)
             await tx.audit(str(who), "delete", h.text)
 
@@ -203,14 +209,14 @@ class Registry:
         wanted = set(indexes)
         async with self.store.writing() as tx:
             old = await self._existing(tx, h)
-            await self.authority.require(who, h, [], old.values)  # no probing by outsiders
+            await self.authority.require(who, h, [], old.values, tx)  # no probing by outsiders
             absent = wanted - {v.index for v in old.values}
             if absent:
                 raise ValuesNotFound(
                     f"no value at index {', '.join(map(str, sorted(absent)))}", handle=h.text
                 )
             kept = [v for v in old.values if v.index not in wanted]
-            await self.authority.require(who, h, _changes(old.values, kept), old.values)
+            await self.authority.require(who, h, _changes(old.values, kept), old.values, tx)
             await tx.update(h, kept)
             await tx.audit(str(who), "delete-values", h.text, sorted(wanted))
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from typing import Protocol
 
 import asyncpg
 import orjson
@@ -105,12 +106,30 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asy
     return pool
 
 
+class Reader(Protocol):
+    """Reads a record: the pool outside a transaction, the transaction's own connection inside."""
+
+    async def get(self, h: Handle) -> Record | None: ...
+
+
+_GET = f"SELECT {_RECORD_COLUMNS} FROM handles WHERE prefix_key = $1 AND suffix_key = $2"
+
+
 class Transaction:
-    """The write side of one open transaction."""
+    """The write side of one open transaction.
+
+    Everything read while the transaction runs (authorisation included) goes
+    through its own connection: a second connection from the pool per write
+    would let a burst of writes exhaust the pool and wait on each other forever.
+    """
 
     def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn
         self.changed: set[str] = set()
+
+    async def get(self, h: Handle) -> Record | None:
+        row = await self._conn.fetchrow(_GET, h.prefix_key, h.suffix_key)
+        return _record(row) if row else None
 
     async def lock(self, h: Handle) -> Record | None:
         """Read a record and lock it until the transaction ends."""
@@ -215,11 +234,7 @@ class Store:
     async def get(self, h: Handle) -> Record | None:
         """The whole record of one handle, by one primary-key lookup."""
         async with _translated():
-            row = await self.pool.fetchrow(
-                f"SELECT {_RECORD_COLUMNS} FROM handles WHERE prefix_key = $1 AND suffix_key = $2",
-                h.prefix_key,
-                h.suffix_key,
-            )
+            row = await self.pool.fetchrow(_GET, h.prefix_key, h.suffix_key)
         return _record(row) if row else None
 
     async def is_homed(self, prefix: str) -> bool:

@@ -81,7 +81,7 @@ def error_document(
 
 def _path_handle(request: web.Request) -> str:
     """The handle in the path, percent-decoded as strict UTF-8."""
-    raw = request.raw_path.split("?", 1)[0][len(API_PREFIX) :]
+    raw = request.rel_url.raw_path[len(API_PREFIX) :]  # also right for absolute-form targets
     text = hs.decode_path(raw)
     request[HANDLE_TEXT] = text
     return text

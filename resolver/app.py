@@ -31,6 +31,7 @@ from resolver.metrics import Metrics
 from resolver.pipeline import CacheStage, Stage, StoreStage
 
 log = logging.getLogger("idnode")
+POOL_CLOSE_SECONDS = 5.0
 WRITE_METHODS = frozenset({"PUT", "POST", "DELETE", "PATCH"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -188,7 +189,13 @@ def create_app(
             await flusher
         if listener is not None:
             await listener.stop()
-        await pool.close()
+        try:
+            await asyncio.wait_for(pool.close(), POOL_CLOSE_SECONDS)
+        except TimeoutError:
+            log.warning(
+                "PostgreSQL connections still busy after %s s; closing them", POOL_CLOSE_SECONDS
+            )
+            pool.terminate()
 
     app.cleanup_ctx.append(lifecycle)
     api.add_routes(app)

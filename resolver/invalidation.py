@@ -41,7 +41,7 @@ class Listener:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self.cache.distrust()
+        self.cache.trusted = False  # nothing is cached until the first LISTEN is up
         self._task = asyncio.create_task(self._run(), name="idnode-listener")
 
     async def stop(self) -> None:

@@ -158,3 +158,15 @@ async def test_non_ascii_digits_are_not_numbers(node: RunningNode, tenant: Tenan
             assert (await r.json())["responseCode"] == 4
     status, body = await put(node, t, t.handle("n"), [{**URL_VALUE, "index": "\u00b2"}])
     assert (status, body["responseCode"]) == (400, 202)
+
+
+async def test_secret_values_cannot_be_made_public(
+    node: RunningNode, tenant: TenantFactory
+) -> None:
+    t = await tenant()
+    value = {"index": 8, "type": "HS_SECKEY", "data": "pubsecret", "permissions": "1110"}
+    status, body = await put(node, t, t.handle("s"), [URL_VALUE, value])
+    assert (status, body["responseCode"]) == (400, 202)
+    assert "publicly readable" in body["message"]
+    status, _ = await get(node, t.handle("s"))
+    assert status == 404, "nothing was written"

@@ -268,7 +268,8 @@ async def test_http_caching_headers_and_304(node: RunningNode, tenant: TenantFac
         assert r.headers["Cache-Control"] == "max-age=600"
     async with node.session.get(node.api(h), headers={"If-None-Match": etag}) as r:
         assert r.status == 304 and await r.read() == b""
-    for header in (f'"other", W/{etag}', "*"):
+    assert etag.startswith('W/"'), "answers for other spellings differ: the ETag is weak"
+    for header in (f'"other", {etag}', etag.removeprefix("W/"), "*"):
         async with node.session.get(node.api(h), headers={"If-None-Match": header}) as r:
             assert r.status == 304, header
     async with node.session.get(node.api(h), headers={"If-None-Match": '"other"'}) as r:

@@ -179,6 +179,8 @@ async def test_http_edges_are_aiohttps(port: int, tenant: TenantFactory) -> None
     assert bad.status == 400 and b'"responseCode":102' in bad.body
     (huge,) = await exchange(port, get(path, "X-Filler: " + "a" * 20000), 1)
     assert huge.status in (400, 431)
+    (absolute,) = await exchange(port, get(f"http://test{path}"), 1)
+    assert absolute.status == 200 and t.handle("FAST").encode() in absolute.body
     (auth,) = await exchange(port, get(path, "Authorization: Basic Zm9vOmJhcg=="), 1)
     assert auth.status == 401, "credentials are checked, never answered from the cache"
 
