@@ -11,6 +11,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from registry import migrate
@@ -43,6 +45,37 @@ def error_response(request: web.Request, exc: ClientError | InternalError) -> we
     if status == 401:
         response.headers["WWW-Authenticate"] = 'Basic realm="idnode"'
     return response
+
+
+class JsonErrorsHandler(RequestHandler):
+    """aiohttp's connection handler, answering malformed HTTP with the node's JSON errors.
+
+    aiohttp answers requests it cannot parse (bad request line, header too long,
+    conflicting lengths) in plain text and logs each with a traceback, so any
+    client could flood the log; here they get a JSON error body and a debug log line.
+    """
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status >= 500 or request.writer.output_size > 0:
+            return super().handle_error(request, status, exc, message)
+        self.logger.debug("malformed request from %s: %s", request.remote, exc)
+        detail = " ".join(str(message or exc or "").split())[:200]
+        error = ProtocolError(f"malformed HTTP request: {detail}" if detail else None)
+        _, body = api.error_document(error, "", write=False)
+        response = web.Response(status=status, body=body, content_type="application/json")
+        response.force_close()
+        return response
+
+
+def connection_handler(server: web.Server) -> RequestHandler:
+    """A connection handler of ``server`` (as ``server()`` makes one) with JSON errors."""
+    return JsonErrorsHandler(server, loop=asyncio.get_running_loop(), **server._kwargs)
 
 
 def _translate_http(exc: web.HTTPException) -> ClientError:

@@ -30,7 +30,7 @@ from registry import migrate
 from registry.registry import Registry
 from registry.store import Store, create_pool
 from resolver import api
-from resolver.app import bootstrap, create_app
+from resolver.app import bootstrap, connection_handler, create_app
 from resolver.config import Config, configure_logging
 from resolver.fastpath import FastPath, FastProtocol
 from resolver.metrics import MULTIPROCESS_ENV, Metrics
@@ -74,10 +74,11 @@ async def serve_worker(config: Config, dsn: str, stop: asyncio.Event) -> None:
     assert aiohttp_server is not None
     fast = FastPath(node.cache, node.pipeline, metrics) if node.cache is not None else None
 
+    def handler() -> asyncio.Protocol:
+        return connection_handler(aiohttp_server)
+
     def protocol() -> asyncio.Protocol:
-        if fast is None:
-            return aiohttp_server()
-        return FastProtocol(fast, aiohttp_server)
+        return handler() if fast is None else FastProtocol(fast, handler)
 
     # The cache holds many long-lived objects: with the default thresholds the cyclic
     # collector runs full collections as the cache grows, each stalling the loop for
