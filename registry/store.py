@@ -113,6 +113,16 @@ class Reader(Protocol):
 
 
 _GET = f"SELECT {_RECORD_COLUMNS} FROM handles WHERE prefix_key = $1 AND suffix_key = $2"
+_LOOKUP = (
+    f"SELECT false AS is_prefix, suffix_key AS key, {_RECORD_COLUMNS} FROM handles"
+    " WHERE prefix_key = $1 AND suffix_key = ANY($2::text[])"
+    " UNION ALL SELECT true, prefix_key, NULL::text, NULL::json, NULL::boolean, NULL::integer"
+    " FROM prefixes WHERE prefix_key = ANY($3::text[])"
+)
+
+
+def _homing_key(h: Handle) -> str:
+    return h.suffix_key if h.is_prefix_record else h.prefix_key
 
 
 class Transaction:
@@ -213,23 +223,30 @@ class Store:
         self.on_change: list[ChangeHook] = []
 
     async def lookup_many(self, handles: Sequence[Handle]) -> list[tuple[bool, Record | None]]:
-        """For each handle: whether its prefix is homed here, and its record. One round trip."""
-        async with _translated():
-            rows = await self.pool.fetch(
-                f"SELECT k.i, p.prefix_key IS NOT NULL AS homed, {_RECORD_COLUMNS}"
-                " FROM unnest($1::text[], $2::text[], $3::text[])"
-                " WITH ORDINALITY AS k(pk, sk, hp, i)"
-                " LEFT JOIN prefixes p ON p.prefix_key = k.hp"
-                " LEFT JOIN handles h ON h.prefix_key = k.pk AND h.suffix_key = k.sk"
-                " ORDER BY k.i",
-                [h.prefix_key for h in handles],
-                [h.suffix_key for h in handles],
-                [fold(h.homing_prefix) for h in handles],
-            )
-        return [
-            (bool(row["homed"]), _record(row) if row["handle"] is not None else None)
-            for row in rows
-        ]
+        """For each handle: whether its prefix is homed here, and its record.
+
+        One statement per prefix among the handles (usually one): the records by
+        ``suffix_key = ANY(...)`` on the primary key, and the homed prefixes.
+        """
+        groups: dict[str, list[Handle]] = {}
+        for h in handles:
+            groups.setdefault(h.prefix_key, []).append(h)
+        found: dict[tuple[str, str], Record] = {}
+        homed: set[str] = set()
+        async with _translated(), self.pool.acquire() as conn:
+            for prefix_key, group in groups.items():
+                rows = await conn.fetch(
+                    _LOOKUP,
+                    prefix_key,
+                    [h.suffix_key for h in group],
+                    list({_homing_key(h) for h in group}),
+                )
+                for row in rows:
+                    if row["is_prefix"]:
+                        homed.add(row["key"])
+                    else:
+                        found[(prefix_key, row["key"])] = _record(row)
+        return [(_homing_key(h) in homed, found.get((h.prefix_key, h.suffix_key))) for h in handles]
 
     async def get(self, h: Handle) -> Record | None:
         """The whole record of one handle, by one primary-key lookup."""
