@@ -13,6 +13,8 @@ from importlib import resources
 import asyncpg
 
 _LOCK_ID = 0x1D0DE_0001
+MIGRATION_TIMEOUT = 24 * 3600.0
+"""A migration (or waiting for another process's) may take far longer than a query."""
 _NAME_RE = re.compile(r"(\d+)_([\w-]+)\.sql")
 
 
@@ -44,7 +46,7 @@ async def applied(conn: asyncpg.Connection) -> set[int]:
 async def migrate(conn: asyncpg.Connection) -> list[Migration]:
     """Apply what is missing; answer the migrations applied by this call."""
     done: list[Migration] = []
-    await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_ID)
+    await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_ID, timeout=MIGRATION_TIMEOUT)
     try:
         await conn.execute(
             """CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -57,7 +59,7 @@ async def migrate(conn: asyncpg.Connection) -> list[Migration]:
             if mig.version in have:
                 continue
             async with conn.transaction():
-                await conn.execute(mig.sql)
+                await conn.execute(mig.sql, timeout=MIGRATION_TIMEOUT)
                 await conn.execute(
                     "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
                     mig.version,

@@ -88,6 +88,12 @@ async def _translated() -> AsyncIterator[None]:
         raise StoreError(f"database error {exc.sqlstate}: {exc}") from exc
 
 
+CONNECT_TIMEOUT = 5.0
+"""Seconds to open a PostgreSQL connection before the request fails (503) instead of hanging."""
+COMMAND_TIMEOUT = 10.0
+"""Seconds one statement may take before it fails (503) instead of hanging."""
+
+
 async def _reset(conn: asyncpg.Connection) -> None:
     """Reset a released connection only when it needs it.
 
@@ -102,7 +108,14 @@ async def _reset(conn: asyncpg.Connection) -> None:
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
     """A connection pool set up for this store."""
     async with _translated():
-        pool: asyncpg.Pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size)
+        pool: asyncpg.Pool = await asyncpg.create_pool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=CONNECT_TIMEOUT,
+            command_timeout=COMMAND_TIMEOUT,
+            reset=_reset,
+        )
     return pool
 
 
