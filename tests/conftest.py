@@ -177,19 +177,20 @@ async def node(db_url: str, tmp_path: Path) -> AsyncIterator[RunningNode]:
 
 @contextlib.contextmanager
 def served(
-    db_url: str, data_dir: Path, **env: str
+    db_url: str | None, data_dir: Path, **env: str
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """``idnode serve`` in its own process, as an operator runs it: (base URL, process).
 
+    ``db_url`` None means no ``DATABASE_URL``: the embedded server under ``data_dir``.
     At the end it is stopped with SIGTERM, which must end it cleanly (exit 0).
     """
     port = free_port()
     full_env = {
-        **os.environ,
-        "DATABASE_URL": db_url,
+        **{k: v for k, v in os.environ.items() if k != "DATABASE_URL"},
         "IDNODE_PORT": str(port),
         "IDNODE_DATA_DIR": str(data_dir),
         "IDNODE_WORKERS": "1",
+        **({"DATABASE_URL": db_url} if db_url else {}),
         **env,
     }
     proc = subprocess.Popen(
@@ -232,6 +233,18 @@ def node_process(db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         yield url
 
 
+def run_idnode(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run an ``idnode`` command in its own process with exactly ``env``."""
+    return subprocess.run(
+        [sys.executable, "-m", "resolver.cli", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 @pytest.fixture(scope="session")
 def cli(
     db_url: str, tmp_path_factory: pytest.TempPathFactory
@@ -246,14 +259,7 @@ def cli(
             "IDNODE_DATA_DIR": str(data_dir),
             **(env or {}),
         }
-        return subprocess.run(
-            [sys.executable, "-m", "resolver.cli", *args],
-            env=full_env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        return run_idnode(*args, env=full_env)
 
     return run
 

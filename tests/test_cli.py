@@ -8,8 +8,6 @@ import os
 import re
 import stat
 import subprocess
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,7 +21,7 @@ from registry.registry import Registry
 from registry.store import Store
 from resolver.app import bootstrap
 from resolver.config import Config
-from tests.conftest import ROOT, free_port
+from tests.conftest import run_idnode, served
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 _numbers = itertools.count(1)
@@ -170,49 +168,21 @@ async def test_bootstrap_secret_file_is_private_even_if_it_existed(
 
 def test_commands_share_the_embedded_database_with_a_running_node(tmp_path: Path) -> None:
     """Without DATABASE_URL every command uses the embedded PostgreSQL under the data dir."""
+    data_dir = tmp_path / "data"
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    env["IDNODE_DATA_DIR"] = str(tmp_path / "data")
+    env["IDNODE_DATA_DIR"] = str(data_dir)
 
-    def idnode(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "resolver.cli", *args],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-
-    first = idnode("prefix", "add", "88.310.1", "--secret", "embedded-secret")
+    first = run_idnode("prefix", "add", "88.310.1", "--secret", "embedded-secret", env=env)
     assert first.returncode == 0, first.stderr
-    assert (tmp_path / "data" / "pg" / "PG_VERSION").exists()
-    assert "88.310.1" in idnode("prefix", "list").stdout.split()  # started again, same data
+    assert (data_dir / "pg" / "PG_VERSION").exists()
+    listed = run_idnode("prefix", "list", env=env)  # the server was stopped: started again
+    assert "88.310.1" in listed.stdout.split()
 
-    port = free_port()
-    node = subprocess.Popen(
-        [sys.executable, "-m", "resolver.cli", "serve"],
-        env={**env, "IDNODE_PORT": str(port), "IDNODE_WORKERS": "1"},
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        url = f"http://127.0.0.1:{port}/api/handles/0.NA/88.310.2"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                assert requests.get(url, timeout=2).json()["responseCode"] == 301
-                break
-            except requests.ConnectionError:
-                assert node.poll() is None and time.monotonic() < deadline, "node did not start"
-                time.sleep(0.2)
-        added = idnode("prefix", "add", "88.310.2", "--secret", "while-running")
+    with served(None, data_dir) as (base, _):
+        url = f"{base}/api/handles/0.NA/88.310.2"
+        assert requests.get(url, timeout=5).json()["responseCode"] == 301
+        added = run_idnode("prefix", "add", "88.310.2", "--secret", "while-running", env=env)
         assert added.returncode == 0, added.stderr
-        answer = requests.get(url, timeout=2)
+        answer = requests.get(url, timeout=5)
         assert answer.status_code == 200 and answer.json()["handle"] == "0.NA/88.310.2"
-    finally:
-        node.terminate()
-        assert node.wait(timeout=30) == 0
-        if node.stdout:
-            node.stdout.close()
-    assert "88.310.2" in idnode("prefix", "list").stdout.split()
+    assert "88.310.2" in run_idnode("prefix", "list", env=env).stdout.split()
