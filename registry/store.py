@@ -105,7 +105,9 @@ async def _reset(conn: asyncpg.Connection) -> None:
         await conn.reset()
 
 
-async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+async def create_pool(
+    dsn: str, *, min_size: int = 1, max_size: int = 10, command_timeout: float = COMMAND_TIMEOUT
+) -> asyncpg.Pool:
     """A connection pool set up for this store."""
     async with _translated():
         pool: asyncpg.Pool = await asyncpg.create_pool(
@@ -113,7 +115,7 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asy
             min_size=min_size,
             max_size=max_size,
             timeout=CONNECT_TIMEOUT,
-            command_timeout=COMMAND_TIMEOUT,
+            command_timeout=command_timeout,
             reset=_reset,
         )
     return pool
