@@ -136,6 +136,12 @@ _LOOKUP = (
 )
 
 
+def _like(pattern: str) -> str:
+    """A search pattern with ``*`` wildcards as an (I)LIKE pattern, everything else literal."""
+    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%")
+
+
 def _homing_key(h: Handle) -> str:
     return h.suffix_key if h.is_prefix_record else h.prefix_key
 
@@ -292,6 +298,34 @@ class Store:
                 "SELECT count(*) FROM handles WHERE prefix_key = $1", fold(prefix)
             )
         return int(total)
+
+    async def search(
+        self, criteria: Sequence[tuple[str, str]], offset: int, limit: int
+    ) -> list[str]:
+        """Handles with, for every (type, pattern), a public value of that type matching it.
+
+        Types match ASCII case-insensitively; patterns use ``*`` as the wildcard and
+        match case-insensitively. Only publicly readable values are searched. This
+        scans the table: fine for thousands of records, not for hundreds of millions.
+        """
+        conditions: list[str] = []
+        args: list[object] = []
+        for vtype, pattern in criteria:
+            args += [fold(vtype), _like(pattern)]
+            t, p = len(args) - 1, len(args)
+            conditions.append(
+                'EXISTS (SELECT 1 FROM json_array_elements(h."values") AS v'
+                f" WHERE lower(v->>'type') = ${t} AND v->'data'->>'value' ILIKE ${p}"
+                " AND coalesce(substr(v->>'permissions', 3, 1), '1') = '1')"
+            )
+        args += [offset, limit]
+        async with _translated():
+            rows = await self.pool.fetch(
+                f"SELECT handle FROM handles h WHERE {' AND '.join(conditions)}"
+                f" ORDER BY prefix_key, suffix_key OFFSET ${len(args) - 1} LIMIT ${len(args)}",
+                *args,
+            )
+        return [r["handle"] for r in rows]
 
     async def list_handles(self, prefix: str, offset: int, limit: int) -> list[str]:
         async with _translated():

@@ -233,6 +233,26 @@ async def list_prefixes(request: web.Request) -> web.Response:
     )
 
 
+async def search_handles(request: web.Request) -> web.Response:
+    """pyhandle's reverse lookup: ``/hrls/handles?URL=https://example.com/*`` → ``["88.1/x"]``.
+
+    Every other query key is a value type, its value a pattern (``*`` is the
+    wildcard); a handle matches when each pattern matches one of its public
+    values of that type. ``limit`` and ``page`` page through the answer.
+    """
+    query = request.query
+    criteria = [(k, v) for k, v in query.items() if k not in ("limit", "page")]
+    if not criteria:
+        raise ProtocolError("give at least one search term, e.g. URL=https://example.com/*")
+    for vtype, _ in criteria:
+        if len(vtype) > hv.MAX_TYPE_LENGTH:
+            raise ProtocolError(f"search type is longer than {hv.MAX_TYPE_LENGTH} characters")
+    limit = _int_param(query, "limit", DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+    page = _int_param(query, "page", 0, 2**31)
+    handles = await request.app[NODE].store.search(criteria, page * limit, limit)
+    return web.Response(body=orjson.dumps(handles), content_type="application/json")
+
+
 # --- writes --------------------------------------------------------------------------------
 
 
@@ -281,6 +301,8 @@ async def delete_handle(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/handles", list_handles, name="list")
     app.router.add_get("/api/prefixes", list_prefixes, name="prefixes")
+    app.router.add_get("/hrls/handles", search_handles, name="search")
+    app.router.add_get("/hrls/handles/", search_handles, name="search-slash")
     app.router.add_get("/api/handles/{handle:[\\s\\S]*}", get_handle, name="resolve")
     app.router.add_put("/api/handles/{handle:[\\s\\S]*}", put_handle, name="write")
     app.router.add_delete("/api/handles/{handle:[\\s\\S]*}", delete_handle, name="delete")

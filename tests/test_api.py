@@ -170,3 +170,29 @@ async def test_secret_values_cannot_be_made_public(
     assert "publicly readable" in body["message"]
     status, _ = await get(node, t.handle("s"))
     assert status == 404, "nothing was written"
+
+
+async def test_reverse_lookup(node: RunningNode, tenant: TenantFactory) -> None:
+    t = await tenant()
+    hidden = {"index": 9, "type": "SERIAL", "data": "SECRET-1", "permissions": "1100"}
+    await put(node, t, t.handle("s1"), [{**URL_VALUE, "data": "https://search.example/a_1%"}])
+    await put(node, t, t.handle("s2"), [{**URL_VALUE, "data": "https://search.example/b"}])
+    await put(node, t, t.handle("s3"), [{**URL_VALUE, "data": "https://search.example/b"}, hidden])
+
+    async def search(query: str) -> tuple[int, object]:
+        async with node.session.get(f"{node.url}/hrls/handles/?{query}") as r:
+            return r.status, await r.json()
+
+    assert await search("URL=https://search.example/*") == (
+        200,
+        [t.handle("s1"), t.handle("s2"), t.handle("s3")],
+    )
+    assert await search("url=HTTPS://SEARCH.EXAMPLE/B") == (200, [t.handle("s2"), t.handle("s3")])
+    # % and _ are literal; only * is a wildcard
+    assert await search("URL=https://search.example/a_1%25") == (200, [t.handle("s1")])
+    assert await search("URL=https://search.example/a%25") == (200, [])
+    # every term must match; non-public values are never searched
+    assert await search("URL=*search.example/b&SERIAL=SECRET-*") == (200, [])
+    assert await search("URL=https://search.example/*&limit=1&page=1") == (200, [t.handle("s2")])
+    status, body = await search("limit=5")
+    assert status == 400 and body["responseCode"] == 4 and "search term" in body["message"]

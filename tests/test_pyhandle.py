@@ -470,3 +470,15 @@ def test_node_stops_promptly_while_a_pyhandle_client_is_connected(
             assert stopped_after < 5, f"node took {stopped_after:.1f}s to stop after SIGTERM"
         finally:
             close(c)
+
+
+def test_search_handle(cli: Cli, connect: Connect) -> None:
+    prefix, secret = home_prefix(cli)
+    c = connect(prefix, secret)
+    first, second = f"{prefix}/found-1", f"{prefix}/found-2"
+    assert c.register_handle(first, "https://search.example.org/pyh/1", CHECKSUM="aa") == first
+    assert c.register_handle(second, "https://search.example.org/pyh/2", CHECKSUM="bb") == second
+    assert sorted(c.search_handle("https://search.example.org/pyh/*")) == [first, second]
+    assert c.search_handle(URL="https://search.example.org/pyh/*", CHECKSUM="bb") == [second]
+    assert c.search_handle(URL="https://search.example.org/nothing") == []
+    assert c.search_handle(URL="https://search.example.org/pyh/*", prefix="99.999") == []
