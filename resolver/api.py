@@ -36,7 +36,7 @@ from registry.store import Store
 from resolver.cache import Cache, Entry
 from resolver.invalidation import Listener
 from resolver.metrics import Metrics
-from resolver.pipeline import Stage, etag_matches, public_body, resolve
+from resolver.pipeline import Stage, etag_matches, public_body, resolve, unanswerable
 
 API_PREFIX = "/api/handles/"
 DEFAULT_PAGE_SIZE = 1000
@@ -50,7 +50,6 @@ class Node:
 
     store: Store
     registry: Registry
-    authority: Authority
     pipeline: Stage
     metrics: Metrics
     listener: Listener | None = None
@@ -161,9 +160,9 @@ def _visible(
 
 def _plain_answer(request: web.Request, text: str, entry: Entry) -> web.Response:
     """The whole public record, from the bytes encoded when the entry was filled."""
-    assert entry.record is not None
-    if entry.public == b"[]" and entry.record.values:
-        raise ValuesNotFound(handle=text)
+    error = unanswerable(entry, text)
+    if error is not None:
+        raise error
     headers = {"ETag": entry.etag, "Cache-Control": f"max-age={entry.max_age}"}
     if etag_matches(request.headers.get("If-None-Match"), entry.etag):
         return web.Response(status=304, headers=headers)
@@ -178,7 +177,7 @@ async def get_handle(request: web.Request) -> web.Response:
     h = hs.parse(text)
     query = request.query
     indexes, types = _indexes(query), query.getall("type", [])
-    who = await _caller(request, node.authority)
+    who = await _caller(request, node.registry.authority)
     public_only = _flag(query, "publicOnly", who is None)
     if not public_only and who is None:
         raise AuthenticationNeeded("publicOnly=false needs an authenticated admin", handle=text)
@@ -190,7 +189,7 @@ async def get_handle(request: web.Request) -> web.Response:
         return _plain_answer(request, text, entry)
     private_ok = False
     if not public_only:
-        private_ok = await node.authority.may_read_private(who, h, record.values)
+        private_ok = await node.registry.authority.may_read_private(who, h, record.values)
         if not private_ok and "publicOnly" in query:
             raise NotAnAdmin(f"{who} may not read the non-public values of {text}", handle=text)
     chosen = hv.filter_values(record.values, indexes, types)
@@ -275,7 +274,7 @@ async def put_handle(request: web.Request) -> web.Response:
     indexes = _indexes(query)
     body = await _json_body(request)
     values = hv.parse_values(body, timestamp=node.registry.timestamp())
-    who = await _caller(request, node.authority)
+    who = await _caller(request, node.registry.authority)
     if indexes and not mint:
         result = await node.registry.put_values(who, h, values, indexes, overwrite=overwrite)
     else:
@@ -290,7 +289,7 @@ async def delete_handle(request: web.Request) -> web.Response:
     text = _path_handle(request)
     h = hs.parse(text)
     indexes = _indexes(request.query)
-    who = await _caller(request, node.authority)
+    who = await _caller(request, node.registry.authority)
     if indexes:
         await node.registry.delete_values(who, h, indexes)
     else:

@@ -106,9 +106,8 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
         translated = _translate_http(exc)
         response = error_response(request, translated)
         response.set_status(exc.status)
-        for name in ("Allow",):
-            if name in exc.headers:
-                response.headers[name] = exc.headers[name]
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
     except InternalError as exc:
         log.error("%s %s failed: %s", request.method, request.path, exc.message)
         response = error_response(request, exc)
@@ -212,9 +211,7 @@ def create_app(
             pipeline = CacheStage(pipeline, cache)
             listener = Listener(dsn, cache)
             listener.start()
-        app[api.NODE] = api.Node(
-            store, registry, registry.authority, pipeline, metrics, listener, cache
-        )
+        app[api.NODE] = api.Node(store, registry, pipeline, metrics, listener, cache)
         flusher = asyncio.create_task(_flush_metrics(metrics))
         yield
         flusher.cancel()

@@ -28,12 +28,12 @@ from typing import NamedTuple, cast
 
 from aiohttp.http import SERVER_SOFTWARE
 
-from registry.errors import ClientError, HandleNotFound, ValuesNotFound
+from registry.errors import ClientError
 from registry.handle import Handle, decode_path, parse
 from resolver.api import error_document
 from resolver.cache import Cache, Entry
 from resolver.metrics import Metrics
-from resolver.pipeline import Stage, etag_matches, public_body
+from resolver.pipeline import Stage, etag_matches, public_body, unanswerable
 
 log = logging.getLogger("idnode.fastpath")
 API_PATH = b"/api/handles/"
@@ -121,11 +121,9 @@ class FastPath:
 
     def _answer(self, req: Request, text: str, entry: Entry) -> bytes:
         """The response to a plain resolution of ``text`` given its entry."""
-        record = entry.record
-        if record is None:
-            return self._error(req, HandleNotFound(handle=text))
-        if entry.public == b"[]" and record.values:
-            return self._error(req, ValuesNotFound(handle=text))
+        error = unanswerable(entry, text)
+        if error is not None:
+            return self._error(req, error)
         extra = b"ETag: %s\r\nCache-Control: max-age=%d\r\n" % (entry.etag.encode(), entry.max_age)
         if req.etags is not None and etag_matches(req.etags.decode("latin-1"), entry.etag):
             self._count(304)

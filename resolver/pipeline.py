@@ -1,9 +1,10 @@
 """The resolution pipeline every front-end calls.
 
-Each stage has the same shape, ``async resolve(handle) -> Entry``, so a stage can
-wrap another (the cache in front of the store, an upstream behind it) without
-the front-ends knowing. An ``Entry`` carries the record and its public values
-already encoded, so front-ends on the hot path do no JSON work.
+Each stage has the same shape, ``lookup(handle) -> Future[Entry]`` (awaited
+through ``resolve``), so a stage can wrap another (the cache in front of the
+store, an upstream behind it) without the front-ends knowing. An ``Entry``
+carries the record and its public values already encoded, so front-ends on the
+hot path do no JSON work.
 """
 
 from __future__ import annotations
@@ -16,7 +17,13 @@ from typing import Any, Protocol
 
 import orjson
 
-from registry.errors import NotResponsible, ServerTooBusy
+from registry.errors import (
+    ClientError,
+    HandleNotFound,
+    NotResponsible,
+    ServerTooBusy,
+    ValuesNotFound,
+)
 from registry.handle import Handle
 from registry.store import Record, Store
 from resolver.cache import Cache, Entry
@@ -73,6 +80,15 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
         return False
     tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
     return "*" in tags or etag.removeprefix("W/") in tags
+
+
+def unanswerable(entry: Entry, text: str) -> ClientError | None:
+    """Why a plain resolution of ``text`` shows no values: not found, or none public."""
+    if entry.record is None:
+        return HandleNotFound(handle=text)
+    if entry.public == b"[]" and entry.record.values:
+        return ValuesNotFound(handle=text)
+    return None
 
 
 def public_body(text: str, entry: Entry) -> bytes:
