@@ -91,6 +91,9 @@ class Cache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def __contains__(self, key: str) -> bool:
+        return key in self._entries
+
     def _fresh_until(self, entry: Entry) -> float:
         if entry.epoch == self.epoch:
             return entry.expires_at

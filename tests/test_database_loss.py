@@ -14,9 +14,10 @@ from aiohttp import ClientSession, web
 
 from registry import migrate
 from registry.registry import Registry
-from registry.store import Store, create_pool
+from registry.store import CHANNEL, Store, create_pool
 from resolver.api import NODE
 from resolver.app import create_app
+from resolver.cache import Cache, Entry
 from resolver.config import Config
 from resolver.metrics import Metrics
 from tests.conftest import RunningNode, Tenant, free_port
@@ -37,7 +38,9 @@ def own_server(tmp_path: Path) -> Iterator[Any]:
 
 
 @pytest.fixture
-async def lonely_node(own_server: Any, tmp_path: Path) -> AsyncIterator[tuple[RunningNode, Tenant]]:
+async def lonely_node(
+    own_server: Any, tmp_path: Path
+) -> AsyncIterator[tuple[RunningNode, Tenant, Cache]]:
     url = own_server.get_uri()
     conn = await asyncpg.connect(url)
     await migrate.migrate(conn)
@@ -56,21 +59,24 @@ async def lonely_node(own_server: Any, tmp_path: Path) -> AsyncIterator[tuple[Ru
     await asyncio.wait_for(listener.connected.wait(), 10)
     try:
         async with ClientSession() as session:
-            yield RunningNode(f"http://127.0.0.1:{config.port}", metrics, session), tenant
+            node = RunningNode(f"http://127.0.0.1:{config.port}", metrics, session)
+            yield node, tenant, listener.cache
     finally:
         await runner.cleanup()
 
 
 async def test_stale_while_down_and_recovery(
-    lonely_node: tuple[RunningNode, Tenant], own_server: Any
+    lonely_node: tuple[RunningNode, Tenant, Cache], own_server: Any
 ) -> None:
-    node, t = lonely_node
+    node, t, cache = lonely_node
     h = t.handle("kept")
     body = [{"index": 1, "type": "URL", "data": "https://example.com/kept"}]
     async with node.session.put(node.api(h), json=body, headers=t.auth) as r:
         assert r.status == 201
+    await notifications_delivered(cache, own_server.get_uri())
     async with node.session.get(node.api(h)) as r:
         assert r.status == 200
+    assert h.lower() in cache
 
     await asyncio.to_thread(own_server.stop)
     loop = asyncio.get_running_loop()
@@ -113,6 +119,30 @@ async def test_stale_while_down_and_recovery(
         await asyncio.sleep(0.05)
     async with node.session.get(f"{node.url}/readyz") as r:
         assert r.status == 200 and (await r.json())["status"] == "ready"
+
+
+async def notifications_delivered(cache: Cache, url: str) -> None:
+    """Wait until the listener has handled every NOTIFY committed so far.
+
+    A write's own NOTIFY reaches this process's listener some time after the
+    write returned; landing after the next GET filled the cache, it would drop
+    that (correct) entry and leave nothing to serve stale. PostgreSQL delivers
+    notifications in commit order, so once a sentinel sent now has dropped its
+    entry, every earlier notification has been handled too.
+    """
+    sentinel = "test-sentinel"
+    flight: asyncio.Future[Entry] = asyncio.get_running_loop().create_future()
+    cache.begin(sentinel, flight)
+    assert cache.fill(sentinel, flight, Entry(None))
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, sentinel)
+    finally:
+        await conn.close()
+    deadline = asyncio.get_running_loop().time() + 10
+    while sentinel in cache:
+        assert asyncio.get_running_loop().time() < deadline, "the NOTIFY never arrived"
+        await asyncio.sleep(0.02)
 
 
 def trusted(node: RunningNode) -> float | None:
