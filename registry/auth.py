@@ -1,7 +1,10 @@
 """Identities, authentication and authorisation against HS_ADMIN values.
 
 An identity is ``<index>:<handle>``: the value at that index of that handle is
-an HS_SECKEY whose secret the caller proves. What an identity may do comes from
+an HS_SECKEY whose secret the caller proves (HTTP Basic, or an answer to a
+challenge) or an HS_PUBKEY whose private key signed the challenge. An HS_PUBKEY
+identity may name index 0: any public key of the handle, the first that
+verifies giving the index. What an identity may do comes from
 the HS_ADMIN values of the handle itself and of its prefix's record
 ``0.NA/<prefix>`` (and the records of the parent prefixes held here). An
 HS_ADMIN reference matches an identity directly (index 0 meaning any index) or
@@ -10,16 +13,18 @@ through an HS_VLIST group.
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote
 
 from registry import handle as hs
-from registry import permissions
+from registry import keys, permissions
 from registry import values as hv
 from registry.errors import AuthenticationNeeded, InsufficientPermissions, InvalidHandle, NotAnAdmin
+from registry.keys import Pbkdf2Params, Sealer
 from registry.permissions import Perm
-from registry.secrets import verify_secret
+from registry.secrets import unseal, verify_secret
 from registry.store import Reader, Store
 
 _MAX_GROUP_DEPTH = 3
@@ -63,11 +68,94 @@ def split_basic(credentials: str) -> tuple[str, str]:
     return user, secret
 
 
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A client's answer to the challenge ``nonce``: who it claims to be and its proof."""
+
+    identity: str
+    type: str
+    alg: str
+    cnonce: bytes
+    signature: bytes
+    pbkdf2: Pbkdf2Params | None = None
+
+
 class Authority:
     """Answers who a caller is and what it may do."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, sealer: Sealer | None = None) -> None:
         self.store = store
+        self.sealer = sealer
+
+    async def verify_answer(self, nonce: bytes, answer: Answer) -> Identity:
+        """The identity proven by ``answer``; ``AuthenticationNeeded`` says why not."""
+        index, handle = parse_identity(answer.identity)
+        record = await self.store.get(handle)
+        if record is None:
+            raise AuthenticationNeeded(f"identity handle {handle.text} does not exist")
+        kind = answer.type.upper()
+        if kind == hv.SECKEY_TYPE:
+            return self._verify_secret_answer(nonce, answer, index, handle, record.values)
+        if kind == keys.PUBKEY_TYPE:
+            return self._verify_signature(nonce, answer, index, handle, record.values)
+        raise AuthenticationNeeded(f"type must be HS_SECKEY or HS_PUBKEY, not {answer.type!r}")
+
+    def _verify_secret_answer(
+        self,
+        nonce: bytes,
+        answer: Answer,
+        index: int,
+        handle: hs.Handle,
+        values: Sequence[hv.Value],
+    ) -> Identity:
+        stored = next(
+            (v.data for v in values if v.index == index and v.type.upper() == hv.SECKEY_TYPE),
+            None,
+        )
+        if not isinstance(stored, str):
+            raise AuthenticationNeeded(f"{index}:{handle.text} holds no HS_SECKEY")
+        secret = unseal(stored, self.sealer)
+        if secret is None:
+            raise AuthenticationNeeded(
+                f"the secret of {index}:{handle.text} is stored as a hash only, which cannot "
+                "answer a challenge; use HTTP Basic, or set the secret again"
+            )
+        try:
+            expected = keys.seckey_answer(answer.alg, secret, nonce, answer.cnonce, answer.pbkdf2)
+        except keys.KeyError_ as exc:
+            raise AuthenticationNeeded(str(exc)) from None
+        if not hmac.compare_digest(expected, answer.signature):
+            raise AuthenticationNeeded("the answer does not match the identity's secret")
+        return Identity(index, handle)
+
+    def _verify_signature(
+        self,
+        nonce: bytes,
+        answer: Answer,
+        index: int,
+        handle: hs.Handle,
+        values: Sequence[hv.Value],
+    ) -> Identity:
+        candidates = sorted(
+            (v for v in values if v.type.upper() == keys.PUBKEY_TYPE and index in (0, v.index)),
+            key=lambda v: v.index,
+        )
+        if not candidates:
+            where = "any index" if index == 0 else f"index {index}"
+            raise AuthenticationNeeded(f"{handle.text} holds no HS_PUBKEY at {where}")
+        message = nonce + answer.cnonce
+        for value in candidates:
+            try:
+                key = keys.public_key(value)
+            except (keys.KeyError_, ValueError):
+                continue
+            try:
+                verified = keys.verify_signature(key, answer.alg, message, answer.signature)
+            except keys.KeyError_ as exc:
+                raise AuthenticationNeeded(str(exc)) from None
+            if verified:
+                return Identity(value.index, handle)
+        raise AuthenticationNeeded("the signature does not verify with the identity's key")
 
     async def authenticate(self, user: str, secret: str) -> Identity:
         """Check an identity's HS_SECKEY secret; raise ``AuthenticationNeeded`` if wrong."""

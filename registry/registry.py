@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from registry import handle as hs
-from registry import permissions
+from registry import keys, permissions
 from registry import values as hv
 from registry.auth import Authority, Identity
 from registry.errors import (
@@ -25,6 +25,7 @@ from registry.errors import (
     ValueAlreadyExists,
     ValuesNotFound,
 )
+from registry.keys import NodeKey, Sealer
 from registry.permissions import Perm
 from registry.secrets import hash_secret, is_hashed
 from registry.store import Record, Store, Transaction
@@ -43,8 +44,13 @@ def _is_admin(v: hv.Value) -> bool:
     return v.type.upper() == hv.ADMIN_TYPE
 
 
-def _protect_secret(v: hv.Value) -> hv.Value:
-    """Store HS_SECKEY secrets only as salted hashes."""
+def _checked(v: hv.Value, sealer: Sealer | None) -> hv.Value:
+    """A value as it is stored: secrets hashed (and sealed), public keys readable."""
+    if v.type.upper() == keys.PUBKEY_TYPE:
+        try:
+            keys.check_public_key_value(v)
+        except (keys.KeyError_, ValueError) as exc:
+            raise InvalidValue(f"value {v.index}: HS_PUBKEY {exc}", index=v.index) from None
     if v.type.upper() != hv.SECKEY_TYPE:
         return v
     if v.format != "string" or not isinstance(v.data, str) or not v.data:
@@ -57,7 +63,7 @@ def _protect_secret(v: hv.Value) -> hv.Value:
             " (permissions must have public-read 0, e.g. 1100)",
             index=v.index,
         )
-    return v if is_hashed(v.data) else replace(v, data=hash_secret(v.data))
+    return v if is_hashed(v.data) else replace(v, data=hash_secret(v.data, sealer=sealer))
 
 
 def _changes(old: Sequence[hv.Value], new: Sequence[hv.Value]) -> set[Perm]:
@@ -96,10 +102,19 @@ class PutResult:
 class Registry:
     """The write side of the node."""
 
-    def __init__(self, store: Store, *, clock: Clock = time.time) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        clock: Clock = time.time,
+        sealer: Sealer | None = None,
+        node_key: NodeKey | None = None,
+    ) -> None:
         self.store = store
-        self.authority = Authority(store)
+        self.authority = Authority(store, sealer)
         self.clock = clock
+        self.sealer = sealer
+        self.node_key = node_key
 
     def timestamp(self) -> str:
         return format_timestamp(self.clock())
@@ -131,7 +146,7 @@ class Registry:
     ) -> PutResult:
         """Create a record, or replace it whole when ``overwrite``."""
         await self.check_responsible(h)
-        values = [_protect_secret(v) for v in values]
+        values = [_checked(v, self.sealer) for v in values]
         if mint:
             h = hs.parse(f"{h.prefix}/{h.suffix}{uuid.uuid4()}")
         async with self.store.writing() as tx:
@@ -173,7 +188,7 @@ class Registry:
                 handle=h.text,
             )
         await self.check_responsible(h)
-        values = [_protect_secret(v) for v in values]
+        values = [_checked(v, self.sealer) for v in values]
         async with self.store.writing() as tx:
             old = await self._existing(tx, h)
             await self.authority.require(who, h, [], old.values, tx)  # no probing by outsiders
@@ -244,15 +259,41 @@ class Registry:
                 SECRET_INDEX,
                 hv.SECKEY_TYPE,
                 "string",
-                hash_secret(secret),
+                hash_secret(secret, sealer=self.sealer),
                 timestamp=now,
                 permissions=hv.SECRET_PERMISSIONS,
             ),
         ]
+        if self.node_key is not None:
+            values.append(self.node_key.value(now))
         async with self.store.writing() as tx:
             if not await tx.home_prefix(prefix):
                 return False
             if not await tx.insert(record, values):
                 await tx.update(record, values)
-            await tx.audit(actor, "home-prefix", record.text, [ADMIN_INDEX, SECRET_INDEX])
+            await tx.audit(actor, "home-prefix", record.text, [v.index for v in values])
         return True
+
+    async def publish_node_key(self) -> int:
+        """Put the node's current public key at its index of every homed prefix record.
+
+        Answers how many records changed (0 when all were current already).
+        """
+        if self.node_key is None:
+            return 0
+        changed = 0
+        for prefix in await self.store.homed_prefixes():
+            h = hs.prefix_record(prefix)
+            fresh = self.node_key.value(self.timestamp())
+            async with self.store.writing() as tx:
+                old = await tx.lock(h)
+                if old is None:
+                    continue
+                current = next((v for v in old.values if v.index == fresh.index), None)
+                if current is not None and current.same_content(fresh):
+                    continue
+                kept = [v for v in old.values if v.index != fresh.index]
+                await tx.update(h, [*kept, fresh])
+                await tx.audit("node", "publish-node-key", h.text, [fresh.index])
+                changed += 1
+        return changed

@@ -1,6 +1,10 @@
-"""HS_SECKEY secrets: stored only as salted PBKDF2-HMAC-SHA256 hashes.
+"""HS_SECKEY secrets: stored as salted PBKDF2-HMAC-SHA256 hashes, never in plain text.
 
-A stored secret looks like ``pbkdf2-sha256$<iterations>$<salt b64>$<hash b64>``.
+A stored secret looks like ``pbkdf2-sha256$<iterations>$<salt b64>$<hash b64>``,
+optionally followed by ``$<sealed>``: the secret encrypted with the node's
+sealing key (AES-GCM, bound to the hash before it), which the Handle
+challenge-response needs (its answers are keyed by the secret itself). A copy
+of the database alone reveals no secret; HTTP Basic checks only the hash.
 Checks run in constant time. A successful check is remembered for the life of
 the process under an HMAC of the presented secret with a per-process key, so a
 busy client does not pay the slow hash on every request; the memo is keyed by
@@ -13,9 +17,13 @@ import base64
 import hashlib
 import hmac
 import os
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
+
+if TYPE_CHECKING:
+    from registry.keys import Sealer
 
 SCHEME = "pbkdf2-sha256"
 ITERATIONS = 600_000
@@ -32,19 +40,30 @@ def _b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode("ascii")
 
 
-def hash_secret(secret: str, *, iterations: int = ITERATIONS) -> str:
-    """Hash a secret for storage."""
+def hash_secret(secret: str, *, iterations: int = ITERATIONS, sealer: Sealer | None = None) -> str:
+    """The stored form of a secret: its hash, and sealed when a sealer is given."""
     salt = os.urandom(16)
     digest = _derive(secret.encode("utf-8"), salt, iterations)
-    return f"{SCHEME}${iterations}${_b64(salt)}${_b64(digest)}"
+    hashed = f"{SCHEME}${iterations}${_b64(salt)}${_b64(digest)}"
+    if sealer is None:
+        return hashed
+    return f"{hashed}${sealer.seal(secret.encode('utf-8'), hashed.encode('ascii'))}"
 
 
 def is_hashed(stored: object) -> bool:
-    """True when ``stored`` is already in the stored-hash form."""
+    """True when ``stored`` is already in the stored form."""
     if not isinstance(stored, str) or not stored.startswith(SCHEME + "$"):
         return False
     parts = stored.split("$")
-    return len(parts) == 4 and parts[1].isascii() and parts[1].isdigit()
+    return len(parts) in (4, 5) and parts[1].isascii() and parts[1].isdigit()
+
+
+def unseal(stored: str, sealer: Sealer | None) -> bytes | None:
+    """The secret itself, when it was stored sealed with ``sealer``'s key; else None."""
+    if sealer is None or not is_hashed(stored) or stored.count("$") != 4:
+        return None
+    hashed, _, sealed = stored.rpartition("$")
+    return sealer.open(sealed, hashed.encode("ascii"))
 
 
 def verify_secret(secret: str, stored: str) -> bool:
@@ -58,7 +77,7 @@ def verify_secret(secret: str, stored: str) -> bool:
     memo = (stored, hmac.new(_memo_key, secret.encode("utf-8"), hashlib.sha256).digest())
     if memo in _verified:
         return True
-    _, iterations, salt, digest = stored.split("$")
+    _, iterations, salt, digest = stored.split("$")[:4]
     try:
         expected = base64.b64decode(digest, validate=True)
         derived = _derive(

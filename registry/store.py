@@ -78,7 +78,7 @@ def _record(row: asyncpg.Record) -> Record:
 
 
 @contextlib.asynccontextmanager
-async def _translated() -> AsyncIterator[None]:
+async def translated() -> AsyncIterator[None]:
     """Translate asyncpg and socket failures into the node's errors."""
     try:
         yield
@@ -109,7 +109,7 @@ async def create_pool(
     dsn: str, *, min_size: int = 1, max_size: int = 10, command_timeout: float = COMMAND_TIMEOUT
 ) -> asyncpg.Pool:
     """A connection pool set up for this store."""
-    async with _translated():
+    async with translated():
         pool: asyncpg.Pool = await asyncpg.create_pool(
             dsn,
             min_size=min_size,
@@ -254,7 +254,7 @@ class Store:
             groups.setdefault(h.prefix_key, []).append(h)
         found: dict[tuple[str, str], Record] = {}
         homed: set[str] = set()
-        async with _translated(), self.pool.acquire() as conn:
+        async with translated(), self.pool.acquire() as conn:
             for prefix_key, group in groups.items():
                 rows = await conn.fetch(
                     _LOOKUP,
@@ -271,12 +271,12 @@ class Store:
 
     async def get(self, h: Handle) -> Record | None:
         """The whole record of one handle, by one primary-key lookup."""
-        async with _translated():
+        async with translated():
             row = await self.pool.fetchrow(_GET, h.prefix_key, h.suffix_key)
         return _record(row) if row else None
 
     async def is_homed(self, prefix: str) -> bool:
-        async with _translated():
+        async with translated():
             found = await self.pool.fetchval(
                 "SELECT true FROM prefixes WHERE prefix_key = $1", fold(prefix)
             )
@@ -288,12 +288,12 @@ class Store:
             raise NotResponsible(f"prefix {prefix} is not homed on this node", handle=handle)
 
     async def homed_prefixes(self) -> list[str]:
-        async with _translated():
+        async with translated():
             rows = await self.pool.fetch("SELECT prefix FROM prefixes ORDER BY prefix_key")
         return [r["prefix"] for r in rows]
 
     async def count_handles(self, prefix: str) -> int:
-        async with _translated():
+        async with translated():
             total = await self.pool.fetchval(
                 "SELECT count(*) FROM handles WHERE prefix_key = $1", fold(prefix)
             )
@@ -319,7 +319,7 @@ class Store:
                 " AND coalesce(substr(v->>'permissions', 3, 1), '1') = '1')"
             )
         args += [offset, limit]
-        async with _translated():
+        async with translated():
             rows = await self.pool.fetch(
                 f"SELECT handle FROM handles h WHERE {' AND '.join(conditions)}"
                 f" ORDER BY prefix_key, suffix_key OFFSET ${len(args) - 1} LIMIT ${len(args)}",
@@ -328,7 +328,7 @@ class Store:
         return [r["handle"] for r in rows]
 
     async def list_handles(self, prefix: str, offset: int, limit: int) -> list[str]:
-        async with _translated():
+        async with translated():
             rows = await self.pool.fetch(
                 "SELECT handle FROM handles WHERE prefix_key = $1"
                 " ORDER BY suffix_key OFFSET $2 LIMIT $3",
@@ -341,7 +341,7 @@ class Store:
     @contextlib.asynccontextmanager
     async def writing(self) -> AsyncIterator[Transaction]:
         """One write transaction; notifies the changed handles when it commits."""
-        async with _translated(), self.pool.acquire() as conn:
+        async with translated(), self.pool.acquire() as conn:
             async with conn.transaction():
                 tx = Transaction(conn)
                 yield tx
@@ -354,6 +354,6 @@ class Store:
     async def ping(self) -> float:
         """Round-trip time of a trivial query, in seconds."""
         started = time.perf_counter()
-        async with _translated():
+        async with translated():
             await self.pool.fetchval("SELECT 1")
         return time.perf_counter() - started

@@ -7,8 +7,6 @@ error middleware in ``resolver.app``.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +17,6 @@ from multidict import MultiMapping
 
 from registry import handle as hs
 from registry import values as hv
-from registry.auth import Authority, Identity, split_basic
 from registry.errors import (
     AuthenticationNeeded,
     ClientError,
@@ -33,6 +30,7 @@ from registry.errors import (
 )
 from registry.registry import Registry
 from registry.store import Store
+from resolver.authn import Authenticator
 from resolver.cache import Cache, Entry
 from resolver.invalidation import Listener
 from resolver.metrics import Metrics
@@ -52,6 +50,7 @@ class Node:
     registry: Registry
     pipeline: Stage
     metrics: Metrics
+    authn: Authenticator
     listener: Listener | None = None
     cache: Cache | None = None
 
@@ -116,25 +115,6 @@ def _int_param(query: MultiMapping[str], name: str, default: int, high: int) -> 
     return int(raw)
 
 
-async def _caller(request: web.Request, authority: Authority) -> Identity | None:
-    """The authenticated identity, None without credentials; 401 when they are wrong."""
-    header = request.headers.get("Authorization")
-    if header is None:
-        return None
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "basic":
-        raise AuthenticationNeeded(
-            f"authorization scheme {scheme!r} is not supported; use HTTP Basic with the "
-            "identity '<index>:<handle>' as user name"
-        )
-    try:
-        credentials = base64.b64decode(token.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        raise AuthenticationNeeded("Basic credentials are not valid base64 UTF-8") from None
-    user, secret = split_basic(credentials)
-    return await authority.authenticate(user, secret)
-
-
 async def _json_body(request: web.Request) -> Any:
     if request.content_type != "application/json":
         raise UnsupportedMediaType(
@@ -177,7 +157,7 @@ async def get_handle(request: web.Request) -> web.Response:
     h = hs.parse(text)
     query = request.query
     indexes, types = _indexes(query), query.getall("type", [])
-    who = await _caller(request, node.registry.authority)
+    who = await node.authn.caller(request)
     public_only = _flag(query, "publicOnly", who is None)
     if not public_only and who is None:
         raise AuthenticationNeeded("publicOnly=false needs an authenticated admin", handle=text)
@@ -274,7 +254,7 @@ async def put_handle(request: web.Request) -> web.Response:
     indexes = _indexes(query)
     body = await _json_body(request)
     values = hv.parse_values(body, timestamp=node.registry.timestamp())
-    who = await _caller(request, node.registry.authority)
+    who = await node.authn.caller(request, needs_identity=True)
     if indexes and not mint:
         result = await node.registry.put_values(who, h, values, indexes, overwrite=overwrite)
     else:
@@ -289,7 +269,7 @@ async def delete_handle(request: web.Request) -> web.Response:
     text = _path_handle(request)
     h = hs.parse(text)
     indexes = _indexes(request.query)
-    who = await _caller(request, node.registry.authority)
+    who = await node.authn.caller(request, needs_identity=True)
     if indexes:
         await node.registry.delete_values(who, h, indexes)
     else:

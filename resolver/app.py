@@ -19,13 +19,18 @@ from registry import migrate
 from registry.errors import (
     AuthenticationNeeded,
     ClientError,
+    ConfigError,
     InternalError,
     PayloadTooLarge,
     ProtocolError,
 )
+from registry.keys import NodeKey, Sealer
 from registry.registry import Clock, Registry
+from registry.sessions import Sessions
 from registry.store import Store, create_pool
 from resolver import api
+from resolver.authn import Authenticator, Security
+from resolver.authn import add_routes as authn_routes
 from resolver.cache import Cache
 from resolver.config import Config
 from resolver.invalidation import Listener
@@ -41,9 +46,24 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def error_response(request: web.Request, exc: ClientError | InternalError) -> web.Response:
     handle = getattr(exc, "handle", None) or request.get(api.HANDLE_TEXT, "")
     status, body = api.error_document(exc, handle, write=request.method in WRITE_METHODS)
-    response = web.Response(body=body, status=status, content_type="application/json")
-    if status == 401:
-        response.headers["WWW-Authenticate"] = 'Basic realm="idnode"'
+    return web.Response(body=body, status=status, content_type="application/json")
+
+
+async def challenged(request: web.Request, exc: AuthenticationNeeded) -> web.Response:
+    """A 401 with both challenges: Basic, and Handle with a session to answer on."""
+    handle = exc.handle or request.get(api.HANDLE_TEXT, "")
+    document: dict[str, object] = {
+        "responseCode": exc.response_code,
+        "handle": handle,
+        "message": exc.message,
+    }
+    challenge = await request.app[api.NODE].authn.challenge(request)
+    if challenge is not None:
+        document.update(challenge.document())
+    response = api.json_response(document, exc.status_for(write=request.method in WRITE_METHODS))
+    response.headers.add("WWW-Authenticate", 'Basic realm="handle"')
+    if challenge is not None:
+        response.headers.add("WWW-Authenticate", challenge.header())
     return response
 
 
@@ -96,9 +116,10 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
     endpoint = request.match_info.route.name or "other"
     try:
         response = await handler(request)
+    except AuthenticationNeeded as exc:
+        metrics.auth_failures.inc()
+        response = await challenged(request, exc)
     except ClientError as exc:
-        if isinstance(exc, AuthenticationNeeded):
-            metrics.auth_failures.inc()
         response = error_response(request, exc)
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -154,6 +175,16 @@ async def _flush_metrics(metrics: Metrics) -> None:
         metrics.flush()
 
 
+def node_registry(config: Config, store: Store, *, clock: Clock = time.time) -> Registry:
+    """The registry with the node's keys (created on first use under the data directory)."""
+    try:
+        sealer = Sealer.load_or_create(config.sealing_key_path)
+        node_key = NodeKey.load_or_create(config.node_key_path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"node keys: {exc}") from None
+    return Registry(store, clock=clock, sealer=sealer, node_key=node_key)
+
+
 async def bootstrap(config: Config, registry: Registry) -> None:
     """Home IDNODE_BOOTSTRAP_PREFIX on first start."""
     prefix = config.bootstrap_prefix
@@ -194,7 +225,10 @@ def create_app(
         async with pool.acquire() as conn:
             await migrate.migrate(conn)
         store = Store(pool)
-        registry = Registry(store, clock=clock)
+        registry = node_registry(config, store, clock=clock)
+        sessions = Sessions(store, idle_seconds=config.session_idle_seconds, clock=clock)
+        security = Security(tls=config.tls, dev_mode=config.dev_mode)
+        authn = Authenticator(registry.authority, sessions, registry.node_key, security)
         metrics.watch_pool(store)
         pipeline: Stage = StoreStage(store, metrics)
         listener = cache = None
@@ -211,7 +245,7 @@ def create_app(
             pipeline = CacheStage(pipeline, cache)
             listener = Listener(dsn, cache)
             listener.start()
-        app[api.NODE] = api.Node(store, registry, pipeline, metrics, listener, cache)
+        app[api.NODE] = api.Node(store, registry, pipeline, metrics, authn, listener, cache)
         flusher = asyncio.create_task(_flush_metrics(metrics))
         yield
         flusher.cancel()
@@ -229,6 +263,7 @@ def create_app(
 
     app.cleanup_ctx.append(lifecycle)
     api.add_routes(app)
+    authn_routes(app, lambda request: request.app[api.NODE].authn)
     app.router.add_get("/healthz", healthz, name="healthz")
     app.router.add_get("/readyz", readyz, name="readyz")
     app.router.add_get("/metrics", metrics_endpoint, name="metrics")

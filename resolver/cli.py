@@ -17,9 +17,9 @@ import uvloop
 
 from registry import migrate
 from registry.errors import ClientError, IdNodeError
-from registry.registry import Registry
 from registry.store import Store, create_pool
 from resolver import server
+from resolver.app import node_registry
 from resolver.config import Config, configure_logging
 from resolver.database import database_url
 
@@ -57,7 +57,7 @@ def cmd_prefix_add(config: Config, args: argparse.Namespace) -> int:
     secret = args.secret or secrets.token_urlsafe(24)
 
     async def work(store: Store) -> int:
-        if not await Registry(store).home_prefix(args.prefix, secret):
+        if not await node_registry(config, store).home_prefix(args.prefix, secret):
             print(f"idnode: prefix {args.prefix} is already homed", file=sys.stderr)
             return 1
         print(f"idnode: homed {args.prefix}; admin identity 300:0.NA/{args.prefix}")

@@ -69,6 +69,30 @@ SETTINGS: dict[str, Setting] = {
         "300",
         "how long past freshness a cached record is served while PostgreSQL is down",
     ),
+    "tls_cert": Setting(
+        "IDNODE_TLS_CERT", None, "PEM certificate (chain) for HTTPS; with IDNODE_TLS_KEY enables it"
+    ),
+    "tls_key": Setting("IDNODE_TLS_KEY", None, "PEM private key of IDNODE_TLS_CERT"),
+    "tls_port": Setting("IDNODE_TLS_PORT", "8443", "TCP port of the HTTPS server"),
+    "dev_mode": Setting(
+        "IDNODE_DEV_MODE",
+        "false",
+        "with TLS on, still accept writes and credentials over plain HTTP from loopback",
+    ),
+    "node_key": Setting(
+        "IDNODE_NODE_KEY",
+        None,
+        "the node's RSA signing key (PEM); created on first start (default DATA_DIR/keys/node.pem)",
+    ),
+    "sealing_key": Setting(
+        "IDNODE_SEALING_KEY",
+        None,
+        "key sealing HS_SECKEY secrets at rest; created on first start"
+        " (default DATA_DIR/keys/sealing.key)",
+    ),
+    "session_idle_seconds": Setting(
+        "IDNODE_SESSION_IDLE_SECONDS", "1800", "an unused session expires after this many seconds"
+    ),
 }
 
 
@@ -88,6 +112,25 @@ class Config:
     cache_max_age: int = 3600
     cache_negative_ttl: int = 60
     cache_stale_seconds: int = 300
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_port: int = 8443
+    dev_mode: bool = False
+    node_key: Path | None = None
+    sealing_key: Path | None = None
+    session_idle_seconds: int = 1800
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    @property
+    def node_key_path(self) -> Path:
+        return self.node_key or self.data_dir / "keys" / "node.pem"
+
+    @property
+    def sealing_key_path(self) -> Path:
+        return self.sealing_key or self.data_dir / "keys" / "sealing.key"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
@@ -109,7 +152,18 @@ class Config:
             "cache_max_age": _parse("cache_max_age", raw, int, _between(1, 86400 * 365)),
             "cache_negative_ttl": _parse("cache_negative_ttl", raw, int, _between(0, 86400)),
             "cache_stale_seconds": _parse("cache_stale_seconds", raw, int, _between(0, 86400 * 7)),
+            "tls_cert": _parse("tls_cert", raw, Path, _readable_file),
+            "tls_key": _parse("tls_key", raw, Path, _readable_file),
+            "tls_port": _parse("tls_port", raw, int, _between(1, 65535)),
+            "dev_mode": _parse("dev_mode", raw, _boolean, _any),
+            "node_key": _parse("node_key", raw, Path, _non_empty),
+            "sealing_key": _parse("sealing_key", raw, Path, _non_empty),
+            "session_idle_seconds": _parse(
+                "session_idle_seconds", raw, int, _between(1, 86400 * 30)
+            ),
         }
+        if (values["tls_cert"] is None) != (values["tls_key"] is None):
+            raise ConfigError("IDNODE_TLS_CERT and IDNODE_TLS_KEY: set both or neither")
         return cls(**values)
 
     def describe(self) -> list[tuple[str, str, str]]:
@@ -140,6 +194,26 @@ def _parse(
     if problem:
         raise ConfigError(f"{env}: {problem}, got {text!r}")
     return value
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(text)
+
+
+_boolean.__name__ = "true or false"
+
+
+def _any(value: object) -> str:
+    return ""
+
+
+def _readable_file(value: Path) -> str:
+    return "" if value.is_file() and os.access(value, os.R_OK) else "must be a readable file"
 
 
 def _non_empty(value: object) -> str:

@@ -27,10 +27,9 @@ import uvloop
 from aiohttp import web
 
 from registry import migrate
-from registry.registry import Registry
 from registry.store import Store, create_pool
 from resolver import api
-from resolver.app import bootstrap, connection_handler, create_app
+from resolver.app import bootstrap, connection_handler, create_app, node_registry
 from resolver.config import Config, configure_logging
 from resolver.fastpath import FastPath, FastProtocol
 from resolver.metrics import MULTIPROCESS_ENV, Metrics
@@ -45,7 +44,9 @@ async def prepare(config: Config, dsn: str) -> None:
     try:
         async with pool.acquire() as conn:
             await migrate.migrate(conn)
-        await bootstrap(config, Registry(Store(pool)))
+        registry = node_registry(config, Store(pool))
+        await bootstrap(config, registry)
+        await registry.publish_node_key()
     finally:
         await pool.close()
 

@@ -21,6 +21,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import aiohttp
@@ -29,9 +30,10 @@ import pytest
 from aiohttp import web
 
 from registry import migrate
+from registry.keys import NodeKey, Sealer
 from registry.registry import Registry
 from registry.store import Store, create_pool
-from resolver.app import create_app
+from resolver.app import create_app, node_registry
 from resolver.config import Config
 from resolver.database import start_embedded
 from resolver.metrics import Metrics
@@ -103,9 +105,23 @@ async def store(db_url: str) -> AsyncIterator[Store]:
         await pool.close()
 
 
+@pytest.fixture(scope="session")
+def key_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The node's keys, made once for the test session (an RSA key takes a while)."""
+    path = tmp_path_factory.mktemp("keys")
+    NodeKey.load_or_create(path / "node.pem")
+    Sealer.load_or_create(path / "sealing.key")
+    return path
+
+
+def node_config(key_dir: Path, **settings: Any) -> Config:
+    """A configuration for an in-process node using the session's keys."""
+    return Config(node_key=key_dir / "node.pem", sealing_key=key_dir / "sealing.key", **settings)
+
+
 @pytest.fixture
-def registry(store: Store) -> Registry:
-    return Registry(store)
+def registry(store: Store, key_dir: Path) -> Registry:
+    return node_registry(node_config(key_dir), store)
 
 
 _prefix_numbers = itertools.count(100)
@@ -159,9 +175,9 @@ class RunningNode:
 
 
 @pytest.fixture
-async def node(db_url: str, tmp_path: Path) -> AsyncIterator[RunningNode]:
+async def node(db_url: str, tmp_path: Path, key_dir: Path) -> AsyncIterator[RunningNode]:
     """The node's application served on a real loopback socket, and a client session."""
-    config = Config(port=free_port(), data_dir=tmp_path, database_url=db_url)
+    config = node_config(key_dir, port=free_port(), data_dir=tmp_path, database_url=db_url)
     metrics = Metrics()
     app = create_app(config, db_url, metrics=metrics)
     runner = web.AppRunner(app)

@@ -136,9 +136,13 @@ async def test_secret_is_never_shown_publicly(node: RunningNode, tenant: TenantF
     t = await tenant()
     status, body = await get(node, f"0.NA/{t.prefix}")
     assert status == 200
-    assert [v["type"] for v in body["values"]] == ["HS_ADMIN"]
+    # public: the admin reference and the node's own key, never the secret
+    assert [(v["index"], v["type"]) for v in body["values"]] == [
+        (100, "HS_ADMIN"),
+        (301, "HS_PUBKEY"),
+    ]
     assert t.secret not in str(body)
-    # the admin sees the value, but only as a salted hash
+    # the admin sees the value, but only as a salted hash (and sealed)
     async with node.session.get(node.api(f"0.NA/{t.prefix}"), headers=t.auth) as r:
         body = await r.json()
     seckey = [v for v in body["values"] if v["type"] == "HS_SECKEY"]

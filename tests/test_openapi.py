@@ -317,8 +317,10 @@ async def test_real_errors_match_the_document(node: RunningNode, tenant: TenantF
 
     async with node.session.put(url, json=[URL_VALUE]) as r:
         body = await check_answer(r, HANDLE, "put", 401)
-    assert r.headers["WWW-Authenticate"] == 'Basic realm="idnode"'
-    assert body["responseCode"] == 402
+    challenges = r.headers.getall("WWW-Authenticate")
+    assert challenges[0] == 'Basic realm="handle"'
+    assert challenges[1].startswith(f'Handle sessionId="{body["sessionId"]}", nonce="')
+    assert body["responseCode"] == 402 and body["authenticated"] is False
 
     async with node.session.get(url, params={"publicOnly": "false"}) as r:
         await check_answer(r, HANDLE, "get", 401)

@@ -124,8 +124,10 @@ def test_instantiation_checks_the_admin_handle(cli: Cli, connect: Connect) -> No
     record = c.retrieve_handle_record_json(f"0.NA/{prefix}")
     assert record is not None
     assert record["responseCode"] == 1 and record["handle"] == f"0.NA/{prefix}"
-    # the secret is not public: only the HS_ADMIN naming the admin identity is shown
-    assert [(v["index"], v["type"]) for v in record["values"]] == [(100, "HS_ADMIN")]
+    # the secret is not public: only the HS_ADMIN naming the admin identity and the
+    # node's own public key are shown
+    shown = [(v["index"], v["type"]) for v in record["values"]]
+    assert shown == [(100, "HS_ADMIN"), (301, "HS_PUBKEY")]
     assert record["values"][0]["data"]["value"] == {
         "handle": f"0.NA/{prefix}",
         "index": 300,

@@ -1,0 +1,348 @@
+"""Who is calling: HTTP Basic, ``Authorization: Handle`` challenge-response, sessions.
+
+As HANDLE.NET's server does (manual chapter 14):
+
+- a request that needs an identity and has none gets 401 with two challenges,
+  ``Basic realm="handle"`` and ``Handle sessionId="…", nonce="…"`` (a new
+  session whose nonce is the server's half of the challenge);
+- the client answers with ``Authorization: Handle version="0", sessionId, id,
+  type, cnonce, alg, signature``: for HS_PUBKEY a signature of nonce‖cnonce, for
+  HS_SECKEY a digest or MAC keyed by the secret (``registry.keys``); the answer
+  authenticates the session, and ``Handle sessionId="…"`` alone then names the
+  identity on later requests, in any worker (sessions live in PostgreSQL);
+- a header with ``cnonce`` but no ``id`` asks for the node's own signature of
+  nonce‖cnonce (``serverAlg``, ``serverSignature``), so a client can check it
+  talks to the node that holds the key published at ``0.NA/<prefix>``;
+- ``/api/sessions`` creates, authenticates, shows and ends sessions explicitly.
+
+When TLS is configured, credentials and writes over plain HTTP are refused (403),
+except from loopback in development mode.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import ipaddress
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from registry.auth import Answer, Authority, Identity, parse_identity, split_basic
+from registry.errors import AuthenticationNeeded, InsufficientPermissions, ProtocolError
+from registry.keys import NodeKey, Pbkdf2Params
+from registry.sessions import Session, Sessions
+
+MAX_PARAM_CHARS = 4096
+"""Longest auth-param value accepted (an RSA-8192 signature is 1,366 base64 characters)."""
+IDENTITY = web.RequestKey("identity", object)
+CHALLENGE = web.RequestKey("challenge", object)
+
+_TOKEN = r"[-A-Za-z0-9!#$%&'*+.^_`|~]+"
+_QUOTED = r'"(?:[^"\\]|\\.)*"'
+_PARAM = re.compile(rf"\s*({_TOKEN})\s*=\s*({_TOKEN}|{_QUOTED})\s*(,|$)", re.DOTALL)
+_ANSWER_FIELDS = ("id", "type", "cnonce", "alg", "signature")
+
+
+@dataclass(frozen=True, slots=True)
+class Security:
+    """The transport rules: TLS configured, and whether loopback may skip it."""
+
+    tls: bool = False
+    dev_mode: bool = False
+
+    def check(self, request: web.Request, *, needs_identity: bool) -> None:
+        """403 for writes, sessions and credentials over plain HTTP when TLS is configured."""
+        if not self.tls or request.secure:
+            return
+        if not needs_identity and "Authorization" not in request.headers:
+            return
+        if self.dev_mode and _loopback(request.remote):
+            return
+        raise InsufficientPermissions(
+            "this node requires HTTPS for writes, sessions and credentials"
+        )
+
+
+def _loopback(address: str | None) -> bool:
+    try:
+        return address is not None and ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_handle_params(text: str) -> dict[str, str]:
+    """The auth-params of ``Handle k="v", k2=v2``; a clear error for anything malformed."""
+    params: dict[str, str] = {}
+    position = 0
+    while position < len(text):
+        m = _PARAM.match(text, position)
+        if m is None:
+            raise AuthenticationNeeded(
+                f"malformed Authorization: Handle header near {text[position : position + 20]!r}"
+            )
+        key, raw = m.group(1).lower(), m.group(2)
+        value = re.sub(r"\\(.)", r"\1", raw[1:-1]) if raw.startswith('"') else raw
+        if key in params:
+            raise AuthenticationNeeded(f"Authorization: Handle names {m.group(1)} twice")
+        if len(value) > MAX_PARAM_CHARS:
+            raise AuthenticationNeeded(f"Authorization: Handle {m.group(1)} is too long")
+        params[key] = value
+        position = m.end()
+        if m.group(3) == "" and position < len(text):
+            raise AuthenticationNeeded("malformed Authorization: Handle header")
+    if not params:
+        raise AuthenticationNeeded("Authorization: Handle carries no parameters")
+    return params
+
+
+def _b64(params: dict[str, str], name: str) -> bytes:
+    try:
+        return base64.b64decode(params[name], validate=True)
+    except (binascii.Error, ValueError):
+        raise AuthenticationNeeded(f"Authorization: Handle {name} is not valid base64") from None
+
+
+def _pbkdf2(params: dict[str, str]) -> Pbkdf2Params | None:
+    if "salt" not in params:
+        return None
+    iterations, length = params.get("iterations", ""), params.get("length", "")
+    if not (
+        iterations.isascii() and iterations.isdigit() and length.isascii() and length.isdigit()
+    ):
+        raise AuthenticationNeeded("PBKDF2 answers need numeric iterations and length")
+    if len(iterations) > 9 or len(length) > 9:
+        raise AuthenticationNeeded("PBKDF2 iterations or length out of range")
+    return Pbkdf2Params(_b64(params, "salt"), int(iterations), int(length))
+
+
+def _quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@dataclass(slots=True)
+class Challenge:
+    """What the response tells the client about its session (``WWW-Authenticate: Handle``)."""
+
+    session: Session
+    server_signature: bytes | None = None
+    server_alg: str | None = None
+
+    def header(self) -> str:
+        parts = [
+            f"sessionId={_quote(self.session.id)}",
+            f"nonce={_quote(base64.b64encode(self.session.nonce).decode('ascii'))}",
+        ]
+        if self.server_signature is not None and self.server_alg is not None:
+            parts.append(f"serverAlg={_quote(self.server_alg)}")
+            signature = base64.b64encode(self.server_signature).decode("ascii")
+            parts.append(f"serverSignature={_quote(signature)}")
+        return "Handle " + ", ".join(parts)
+
+    def document(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "sessionId": self.session.id,
+            "nonce": base64.b64encode(self.session.nonce).decode("ascii"),
+            "authenticated": self.session.identity is not None,
+        }
+        if self.session.identity is not None:
+            body["id"] = self.session.identity
+        if self.server_signature is not None:
+            body["serverAlg"] = self.server_alg
+            body["serverSignature"] = base64.b64encode(self.server_signature).decode("ascii")
+        return body
+
+
+class Authenticator:
+    """Turns a request's credentials into an identity, one way for every endpoint."""
+
+    def __init__(
+        self,
+        authority: Authority,
+        sessions: Sessions,
+        node_key: NodeKey | None,
+        security: Security,
+    ) -> None:
+        self.authority = authority
+        self.sessions = sessions
+        self.node_key = node_key
+        self.security = security
+
+    async def caller(
+        self, request: web.Request, *, needs_identity: bool = False
+    ) -> Identity | None:
+        """The authenticated identity, None without credentials; 401 when they are wrong.
+
+        ``needs_identity``: the request writes or reads non-public data, so the
+        transport rules apply even without credentials.
+        """
+        self.security.check(request, needs_identity=needs_identity)
+        if IDENTITY in request:
+            return request[IDENTITY]  # type: ignore[return-value]
+        who = await self._identify(request)
+        request[IDENTITY] = who
+        return who
+
+    async def _identify(self, request: web.Request) -> Identity | None:
+        header = request.headers.get("Authorization")
+        if header is None:
+            return None
+        scheme, _, rest = header.strip().partition(" ")
+        if scheme.lower() == "basic":
+            return await self._basic(rest)
+        if scheme.lower() == "handle":
+            return await self._handle(request, header, parse_handle_params(rest))
+        raise AuthenticationNeeded(
+            f"authorization scheme {scheme[:20]!r} is not supported; use Basic or Handle"
+        )
+
+    async def _basic(self, token: str) -> Identity:
+        try:
+            credentials = base64.b64decode(token.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            raise AuthenticationNeeded("Basic credentials are not valid base64 UTF-8") from None
+        user, secret = split_basic(credentials)
+        return await self.authority.authenticate(user, secret)
+
+    async def _session(self, params: dict[str, str]) -> Session:
+        session_id = params.get("sessionid")
+        if session_id is None:
+            raise AuthenticationNeeded(
+                "an Authorization: Handle answer needs the sessionId of its challenge"
+            )
+        session = await self.sessions.get(session_id)
+        if session is None:
+            raise AuthenticationNeeded("the session is unknown or has expired")
+        return session
+
+    async def _handle(
+        self, request: web.Request, header: str, params: dict[str, str]
+    ) -> Identity | None:
+        version = params.get("version", "0")
+        if version != "0":
+            raise AuthenticationNeeded(f"Authorization: Handle version {version!r} is unknown")
+        answering = any(name in params for name in ("id", "type", "alg", "signature"))
+        if not answering and "sessionid" not in params:
+            if "cnonce" in params:  # a server signature, on a fresh session
+                request[CHALLENGE] = self._signed(await self.sessions.create(), params)
+                return None
+            raise AuthenticationNeeded("Authorization: Handle names no session and no identity")
+        session = await self._session(params)
+        challenge = self._signed(session, params) if not answering and "cnonce" in params else None
+        request[CHALLENGE] = challenge or Challenge(session)
+        if not answering:
+            return _identity_of(session)
+        missing = [name for name in _ANSWER_FIELDS if name not in params]
+        if missing:
+            raise AuthenticationNeeded(f"Authorization: Handle lacks {', '.join(missing)}")
+        proof = hashlib.sha256(header.strip().encode("utf-8", "surrogateescape")).digest()
+        if session.proof is not None and session.proof == proof:
+            return _identity_of(session)
+        answer = Answer(
+            identity=params["id"],
+            type=params["type"],
+            alg=params["alg"],
+            cnonce=_b64(params, "cnonce"),
+            signature=_b64(params, "signature"),
+            pbkdf2=_pbkdf2(params),
+        )
+        who = await self.authority.verify_answer(session.nonce, answer)
+        await self.sessions.authenticate(session.id, str(who), proof)
+        authenticated = Session(session.id, session.nonce, str(who), proof, session.used_at)
+        request[CHALLENGE] = Challenge(authenticated)
+        return who
+
+    def _signed(self, session: Session, params: dict[str, str]) -> Challenge:
+        if self.node_key is None:
+            return Challenge(session)
+        signature = self.node_key.sign(session.nonce + _b64(params, "cnonce"))
+        return Challenge(session, signature, NodeKey.ALG)
+
+    async def challenge(self, request: web.Request) -> Challenge | None:
+        """The Handle challenge for a 401: the request's own session, or a new one."""
+        existing = request.get(CHALLENGE)
+        if isinstance(existing, Challenge) and existing.session.identity is None:
+            return existing
+        try:
+            return Challenge(await self.sessions.create())
+        except Exception:  # noqa: BLE001 - the database may be down; Basic still works
+            return None
+
+    # --- /api/sessions ---------------------------------------------------------------------
+
+    async def create_session(self, request: web.Request) -> web.Response:
+        self.security.check(request, needs_identity=True)
+        header = request.headers.get("Authorization", "")
+        scheme, _, rest = header.strip().partition(" ")
+        params = parse_handle_params(rest) if scheme.lower() == "handle" else {}
+        session = await self.sessions.create()
+        challenge = self._signed(session, params) if "cnonce" in params else Challenge(session)
+        return _session_response(challenge, 201, {"Location": "/api/sessions/this"})
+
+    async def authenticate_session(self, request: web.Request) -> web.Response:
+        who = await self.caller(request, needs_identity=True)
+        challenge = request.get(CHALLENGE)
+        if not isinstance(challenge, Challenge):
+            if who is not None:
+                raise ProtocolError(
+                    "HTTP Basic needs no session; use Authorization: Handle with a sessionId"
+                )
+            raise AuthenticationNeeded('name a session: Authorization: Handle sessionId="…"')
+        return _session_response(challenge, 200)
+
+    async def show_session(self, request: web.Request) -> web.Response:
+        return await self.authenticate_session(request)
+
+    async def end_session(self, request: web.Request) -> web.Response:
+        self.security.check(request, needs_identity=True)
+        header = request.headers.get("Authorization", "")
+        scheme, _, rest = header.strip().partition(" ")
+        if scheme.lower() != "handle":
+            raise AuthenticationNeeded('name a session: Authorization: Handle sessionId="…"')
+        session = await self._session(parse_handle_params(rest))
+        await self.sessions.delete(session.id)
+        return web.Response(status=204)
+
+
+def _identity_of(session: Session) -> Identity | None:
+    if session.identity is None:
+        return None
+    index, handle = parse_identity(session.identity)
+    return Identity(index, handle)
+
+
+def _session_response(
+    challenge: Challenge, status: int, headers: dict[str, str] | None = None
+) -> web.Response:
+    response = web.Response(
+        body=orjson.dumps(challenge.document()),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
+    response.headers["WWW-Authenticate"] = challenge.header()
+    return response
+
+
+def add_routes(app: web.Application, authenticator: Callable[[web.Request], Authenticator]) -> None:
+    """The ``/api/sessions`` endpoints, served by the authenticator of the request's app."""
+
+    def route(name: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handler(request: web.Request) -> web.Response:
+            method: Callable[[web.Request], Awaitable[web.Response]]
+            method = getattr(authenticator(request), name)
+            return await method(request)
+
+        return handler
+
+    this = "/api/sessions/this"
+    app.router.add_post("/api/sessions", route("create_session"), name="sessions")
+    app.router.add_put(this, route("authenticate_session"), name="session-auth")
+    app.router.add_post(this, route("authenticate_session"), name="session-auth-post")
+    app.router.add_get(this, route("show_session"), name="session")
+    app.router.add_delete(this, route("end_session"), name="session-end")
