@@ -83,9 +83,16 @@ class Answer:
 class Authority:
     """Answers who a caller is and what it may do."""
 
-    def __init__(self, store: Store, sealer: Sealer | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        sealer: Sealer | None = None,
+        node_key: keys.PublicKey | None = None,
+    ) -> None:
         self.store = store
         self.sealer = sealer
+        self.node_key = node_key
+        """The node's own public key: it signs any nonce on request, so it proves no one."""
 
     async def verify_answer(self, nonce: bytes, answer: Answer) -> Identity:
         """The identity proven by ``answer``; ``AuthenticationNeeded`` says why not."""
@@ -149,6 +156,8 @@ class Authority:
                 key = keys.public_key(value)
             except (keys.KeyError_, ValueError):
                 continue
+            if self.node_key is not None and keys.same_key(key, self.node_key):
+                continue  # anyone can have the node sign a challenge: never an identity
             try:
                 verified = keys.verify_signature(key, answer.alg, message, answer.signature)
             except keys.KeyError_ as exc:

@@ -49,6 +49,12 @@ class PayloadTooLarge(ProtocolError):
     http_status = 413
 
 
+class RequestTimeout(ProtocolError):
+    """The client took too long to send its request."""
+
+    http_status = 408
+
+
 class UnsupportedMediaType(ProtocolError):
     """Request body must be sent as Content-Type: application/json."""
 
@@ -129,6 +135,17 @@ class ServerTooBusy(ClientError):
 
     response_code = 3
     http_status = 503
+
+
+class RateLimited(ClientError):
+    """Too many requests from this client or identity: 429 with ``Retry-After``."""
+
+    response_code = 3
+    http_status = 429
+
+    def __init__(self, message: str | None = None, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class InternalError(IdNodeError):

@@ -187,6 +187,12 @@ def check_public_key_value(value: hv.Value) -> None:
     public_key(value)
 
 
+def same_key(a: PublicKey, b: PublicKey) -> bool:
+    """True when ``a`` and ``b`` are the same public key."""
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    return a.public_bytes(*spki) == b.public_bytes(*spki)
+
+
 def verify_signature(key: PublicKey, alg: str, message: bytes, signature: bytes) -> bool:
     """True when ``signature`` is ``key``'s signature of ``message``.
 

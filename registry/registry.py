@@ -111,7 +111,7 @@ class Registry:
         node_key: NodeKey | None = None,
     ) -> None:
         self.store = store
-        self.authority = Authority(store, sealer)
+        self.authority = Authority(store, sealer, None if node_key is None else node_key.public)
         self.clock = clock
         self.sealer = sealer
         self.node_key = node_key

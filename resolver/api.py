@@ -7,6 +7,7 @@ error middleware in ``resolver.app``.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,7 @@ from registry.errors import (
     InvalidValue,
     NotAnAdmin,
     ProtocolError,
+    RequestTimeout,
     UnsupportedMediaType,
     ValuesNotFound,
 )
@@ -53,6 +55,7 @@ class Node:
     authn: Authenticator
     listener: Listener | None = None
     cache: Cache | None = None
+    body_timeout: float = 30.0
 
 
 NODE = web.AppKey("node", Node)
@@ -120,7 +123,11 @@ async def _json_body(request: web.Request) -> Any:
         raise UnsupportedMediaType(
             f"body must be sent as Content-Type: application/json, not {request.content_type!r}"
         )
-    raw = await request.read()
+    try:
+        async with asyncio.timeout(request.app[NODE].body_timeout):
+            raw = await request.read()
+    except TimeoutError:
+        raise RequestTimeout("the request body did not arrive in time") from None
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

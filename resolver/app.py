@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import secrets
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -20,24 +21,30 @@ from registry.errors import (
     AuthenticationNeeded,
     ClientError,
     ConfigError,
+    InsufficientPermissions,
     InternalError,
+    NotAnAdmin,
     PayloadTooLarge,
     ProtocolError,
+    RateLimited,
+    RequestTimeout,
 )
 from registry.keys import NodeKey, Sealer
 from registry.registry import Clock, Registry
 from registry.sessions import Sessions
 from registry.store import Store, create_pool
 from resolver import api
-from resolver.authn import Authenticator, Security
+from resolver.authn import IDENTITY, Authenticator, Security
 from resolver.authn import add_routes as authn_routes
 from resolver.cache import Cache
 from resolver.config import Config
 from resolver.invalidation import Listener
+from resolver.limits import FailureBackoff, Limits, retry_after
 from resolver.metrics import Metrics
 from resolver.pipeline import CacheStage, Stage, StoreStage
 
 log = logging.getLogger("idnode")
+security_log = logging.getLogger("idnode.security")
 POOL_CLOSE_SECONDS = 5.0
 WRITE_METHODS = frozenset({"PUT", "POST", "DELETE", "PATCH"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -108,23 +115,61 @@ def _translate_http(exc: web.HTTPException) -> ClientError:
     return ProtocolError(exc.reason)
 
 
+UNLIMITED_ENDPOINTS = frozenset({"healthz", "readyz", "metrics"})
+
+
+def _security_event(request: web.Request, reason: str, exc: ClientError) -> None:
+    """One structured line per refusal, and a count by reason; never a secret."""
+    request.app[api.NODE].metrics.rejections.labels(reason).inc()
+    who = request.get(IDENTITY)
+    security_log.warning(
+        "refused %s",
+        reason,
+        extra={
+            "event": reason,
+            "client": request.remote,
+            "identity": None if who is None else str(who),
+            "method": request.method,
+            "path": request.path[:200],
+            "detail": exc.message[:200],
+        },
+    )
+
+
 @web.middleware
 async def errors_and_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Answer every failure as a JSON error body; count and time every request."""
-    metrics = request.app[api.NODE].metrics
+    node = request.app[api.NODE]
+    metrics = node.metrics
     started = time.perf_counter()
     endpoint = request.match_info.route.name or "other"
     try:
+        if request.method in ("GET", "HEAD") and endpoint not in UNLIMITED_ENDPOINTS:
+            wait = node.authn.limits.check_read(request.remote or "")
+            if wait > 0:
+                raise RateLimited("too many requests from this client", wait)
         response = await handler(request)
     except AuthenticationNeeded as exc:
         metrics.auth_failures.inc()
+        if "Authorization" in request.headers:
+            _security_event(request, "authentication_failed", exc)
         response = await challenged(request, exc)
+    except RateLimited as exc:
+        _security_event(request, "rate_limited", exc)
+        response = error_response(request, exc)
+        response.headers["Retry-After"] = retry_after(exc.retry_after)
     except ClientError as exc:
+        if isinstance(exc, NotAnAdmin | InsufficientPermissions):
+            _security_event(request, "denied", exc)
+        elif isinstance(exc, PayloadTooLarge | RequestTimeout):
+            _security_event(request, type(exc).__name__, exc)
         response = error_response(request, exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         translated = _translate_http(exc)
+        if exc.status == 413:
+            _security_event(request, "PayloadTooLarge", translated)
         response = error_response(request, translated)
         response.set_status(exc.status)
         if "Allow" in exc.headers:
@@ -173,6 +218,18 @@ async def _flush_metrics(metrics: Metrics) -> None:
     while True:
         await asyncio.sleep(1.0)
         metrics.flush()
+
+
+def tls_context(config: Config) -> ssl.SSLContext:
+    """The server's TLS context (TLS 1.2 or later) from IDNODE_TLS_CERT and IDNODE_TLS_KEY."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    assert config.tls_cert is not None and config.tls_key is not None
+    try:
+        context.load_cert_chain(config.tls_cert, config.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"IDNODE_TLS_CERT, IDNODE_TLS_KEY: cannot load them ({exc})") from None
+    return context
 
 
 def node_registry(config: Config, store: Store, *, clock: Clock = time.time) -> Registry:
@@ -228,7 +285,15 @@ def create_app(
         registry = node_registry(config, store, clock=clock)
         sessions = Sessions(store, idle_seconds=config.session_idle_seconds, clock=clock)
         security = Security(tls=config.tls, dev_mode=config.dev_mode)
-        authn = Authenticator(registry.authority, sessions, registry.node_key, security)
+        limits = Limits(
+            config.read_rate,
+            config.read_burst,
+            config.write_rate,
+            config.write_burst,
+            workers=config.workers,
+        )
+        limits.auth_failures = FailureBackoff(ceiling=config.auth_backoff_max)
+        authn = Authenticator(registry.authority, sessions, registry.node_key, security, limits)
         metrics.watch_pool(store)
         pipeline: Stage = StoreStage(store, metrics)
         listener = cache = None
@@ -245,7 +310,9 @@ def create_app(
             pipeline = CacheStage(pipeline, cache)
             listener = Listener(dsn, cache)
             listener.start()
-        app[api.NODE] = api.Node(store, registry, pipeline, metrics, authn, listener, cache)
+        app[api.NODE] = api.Node(
+            store, registry, pipeline, metrics, authn, listener, cache, config.body_timeout
+        )
         flusher = asyncio.create_task(_flush_metrics(metrics))
         yield
         flusher.cancel()

@@ -34,9 +34,15 @@ import orjson
 from aiohttp import web
 
 from registry.auth import Answer, Authority, Identity, parse_identity, split_basic
-from registry.errors import AuthenticationNeeded, InsufficientPermissions, ProtocolError
+from registry.errors import (
+    AuthenticationNeeded,
+    InsufficientPermissions,
+    ProtocolError,
+    RateLimited,
+)
 from registry.keys import NodeKey, Pbkdf2Params
 from registry.sessions import Session, Sessions
+from resolver.limits import Limits
 
 MAX_PARAM_CHARS = 4096
 """Longest auth-param value accepted (an RSA-8192 signature is 1,366 base64 characters)."""
@@ -167,11 +173,13 @@ class Authenticator:
         sessions: Sessions,
         node_key: NodeKey | None,
         security: Security,
+        limits: Limits | None = None,
     ) -> None:
         self.authority = authority
         self.sessions = sessions
         self.node_key = node_key
         self.security = security
+        self.limits = limits or Limits(0, 0, 0, 0)
 
     async def caller(
         self, request: web.Request, *, needs_identity: bool = False
@@ -186,6 +194,24 @@ class Authenticator:
             return request[IDENTITY]  # type: ignore[return-value]
         who = await self._identify(request)
         request[IDENTITY] = who
+        if needs_identity:
+            wait = self.limits.check_write(request.remote or "", None if who is None else str(who))
+            if wait > 0:
+                raise RateLimited("too many writes from this client or identity", wait)
+        return who
+
+    async def _verified(self, claimed: str, proof: Callable[[], Awaitable[Identity]]) -> Identity:
+        """``proof``'s identity, with a growing wait after repeated failures for ``claimed``."""
+        key = claimed.lower()
+        wait = self.limits.auth_failures.blocked_for(key)
+        if wait > 0:
+            raise RateLimited(f"too many failed authentications as {claimed[:100]}", wait)
+        try:
+            who = await proof()
+        except AuthenticationNeeded:
+            self.limits.auth_failures.failed(key)
+            raise
+        self.limits.auth_failures.succeeded(key)
         return who
 
     async def _identify(self, request: web.Request) -> Identity | None:
@@ -207,7 +233,7 @@ class Authenticator:
         except (binascii.Error, UnicodeDecodeError):
             raise AuthenticationNeeded("Basic credentials are not valid base64 UTF-8") from None
         user, secret = split_basic(credentials)
-        return await self.authority.authenticate(user, secret)
+        return await self._verified(user, lambda: self.authority.authenticate(user, secret))
 
     async def _session(self, params: dict[str, str]) -> Session:
         session_id = params.get("sessionid")
@@ -251,7 +277,9 @@ class Authenticator:
             signature=_b64(params, "signature"),
             pbkdf2=_pbkdf2(params),
         )
-        who = await self.authority.verify_answer(session.nonce, answer)
+        who = await self._verified(
+            answer.identity, lambda: self.authority.verify_answer(session.nonce, answer)
+        )
         await self.sessions.authenticate(session.id, str(who), proof)
         authenticated = Session(session.id, session.nonce, str(who), proof, session.used_at)
         request[CHALLENGE] = Challenge(authenticated)

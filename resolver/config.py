@@ -93,6 +93,24 @@ SETTINGS: dict[str, Setting] = {
     "session_idle_seconds": Setting(
         "IDNODE_SESSION_IDLE_SECONDS", "1800", "an unused session expires after this many seconds"
     ),
+    "read_rate": Setting(
+        "IDNODE_READ_RATE", "1000", "reads per second per client address (0: unlimited)"
+    ),
+    "read_burst": Setting("IDNODE_READ_BURST", "2000", "reads a client address may burst"),
+    "write_rate": Setting(
+        "IDNODE_WRITE_RATE",
+        "50",
+        "writes and session requests per second per client address and per identity (0: unlimited)",
+    ),
+    "write_burst": Setting("IDNODE_WRITE_BURST", "100", "writes a client or identity may burst"),
+    "auth_backoff_max": Setting(
+        "IDNODE_AUTH_BACKOFF_MAX",
+        "60",
+        "ceiling in seconds of the growing wait after repeated authentication failures",
+    ),
+    "body_timeout": Setting(
+        "IDNODE_BODY_TIMEOUT", "30", "seconds a client may take to send a request body"
+    ),
 }
 
 
@@ -119,6 +137,12 @@ class Config:
     node_key: Path | None = None
     sealing_key: Path | None = None
     session_idle_seconds: int = 1800
+    read_rate: float = 1000.0
+    read_burst: float = 2000.0
+    write_rate: float = 50.0
+    write_burst: float = 100.0
+    auth_backoff_max: float = 60.0
+    body_timeout: float = 30.0
 
     @property
     def tls(self) -> bool:
@@ -162,6 +186,10 @@ class Config:
                 "session_idle_seconds", raw, int, _between(1, 86400 * 30)
             ),
         }
+        for name in ("read_rate", "read_burst", "write_rate", "write_burst"):
+            values[name] = _parse(name, raw, float, _at_least(0.0))
+        values["auth_backoff_max"] = _parse("auth_backoff_max", raw, float, _at_least(0.0))
+        values["body_timeout"] = _parse("body_timeout", raw, float, _at_least(0.1))
         if (values["tls_cert"] is None) != (values["tls_key"] is None):
             raise ConfigError("IDNODE_TLS_CERT and IDNODE_TLS_KEY: set both or neither")
         return cls(**values)
@@ -206,6 +234,13 @@ def _boolean(text: str) -> bool:
 
 
 _boolean.__name__ = "true or false"
+
+
+def _at_least(low: float) -> Callable[[float], str]:
+    def check(value: float) -> str:
+        return "" if value >= low and value < float("inf") else f"must be a number >= {low:g}"
+
+    return check
 
 
 def _any(value: object) -> str:

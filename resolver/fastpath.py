@@ -32,6 +32,7 @@ from registry.errors import ClientError
 from registry.handle import Handle, decode_path, parse
 from resolver.api import error_document
 from resolver.cache import Cache, Entry
+from resolver.limits import Limits
 from resolver.metrics import Metrics
 from resolver.pipeline import Stage, etag_matches, public_body, unanswerable
 
@@ -92,10 +93,13 @@ def parse_head(head: bytes) -> Request | None:
 class FastPath:
     """What every fast connection of one process shares."""
 
-    def __init__(self, cache: Cache, pipeline: Stage, metrics: Metrics) -> None:
+    def __init__(
+        self, cache: Cache, pipeline: Stage, metrics: Metrics, limits: Limits | None = None
+    ) -> None:
         self.cache = cache
         self.pipeline = pipeline
         self.metrics = metrics
+        self.limits = limits
         self.server = SERVER_SOFTWARE.encode()
         self.connections: weakref.WeakSet[FastProtocol] = weakref.WeakSet()
         self._second = 0
@@ -203,9 +207,12 @@ class FastProtocol(asyncio.Protocol):
         self.paused = False
         self.last_active = 0.0
         self._idle: asyncio.TimerHandle | None = None
+        self.peer = ""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         self.fast.connections.add(self)
         self._touch()
 
@@ -242,6 +249,7 @@ class FastProtocol(asyncio.Protocol):
         if transport is None:
             return
         buffer, start = self.buffer, 0
+        limits = self.fast.limits
         out: list[bytes] = []
         while True:
             end = buffer.find(_HEAD_END, start)
@@ -253,8 +261,8 @@ class FastProtocol(asyncio.Protocol):
                     transport.write(b"".join(out))
                 return
             req = parse_head(buffer[start:end]) if end - start <= MAX_HEAD else None
-            if req is None:
-                break
+            if req is None or (limits is not None and limits.check_read(self.peer) > 0):
+                break  # aiohttp answers (a refused read: 429 with Retry-After)
             answer = self.fast.answer_cached(req)
             if answer is None:
                 break

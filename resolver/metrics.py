@@ -52,6 +52,12 @@ class Metrics:
             "Requests whose credentials were missing or wrong where they were needed.",
             registry=r,
         )
+        self.rejections = Counter(
+            "idnode_security_rejections_total",
+            "Requests refused for security or abuse reasons, by reason.",
+            ["reason"],
+            registry=r,
+        )
         self.cache_requests = Counter("idnode_cache_requests_total", "Cache lookups.", registry=r)
         self.cache_hits = Counter(
             "idnode_cache_hits_total", "Cache hits by kind.", ["kind"], registry=r

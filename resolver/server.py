@@ -29,7 +29,13 @@ from aiohttp import web
 from registry import migrate
 from registry.store import Store, create_pool
 from resolver import api
-from resolver.app import bootstrap, connection_handler, create_app, node_registry
+from resolver.app import (
+    bootstrap,
+    connection_handler,
+    create_app,
+    node_registry,
+    tls_context,
+)
 from resolver.config import Config, configure_logging
 from resolver.fastpath import FastPath, FastProtocol
 from resolver.metrics import MULTIPROCESS_ENV, Metrics
@@ -51,13 +57,13 @@ async def prepare(config: Config, dsn: str) -> None:
         await pool.close()
 
 
-def listening_socket(config: Config) -> socket.socket:
-    """The server socket; every worker binds its own to the same port."""
-    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A server socket; every worker binds its own to the same port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((config.host, config.port))
+    sock.bind((host, port))
     sock.listen(1024)
     sock.setblocking(False)
     return sock
@@ -73,7 +79,11 @@ async def serve_worker(config: Config, dsn: str, stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     aiohttp_server = runner.server
     assert aiohttp_server is not None
-    fast = FastPath(node.cache, node.pipeline, metrics) if node.cache is not None else None
+    fast = (
+        FastPath(node.cache, node.pipeline, metrics, node.authn.limits)
+        if node.cache is not None
+        else None
+    )
 
     def handler() -> asyncio.Protocol:
         return connection_handler(aiohttp_server)
@@ -87,12 +97,17 @@ async def serve_worker(config: Config, dsn: str, stop: asyncio.Event) -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
-    server = await loop.create_server(protocol, sock=listening_socket(config))
+    servers = [await loop.create_server(protocol, sock=listening_socket(config.host, config.port))]
     log.info("worker %d serving on http://%s:%d", os.getpid(), config.host, config.port)
+    if config.tls:
+        tls = listening_socket(config.host, config.tls_port)
+        servers.append(await loop.create_server(protocol, sock=tls, ssl=tls_context(config)))
+        log.info("worker %d serving on https://%s:%d", os.getpid(), config.host, config.tls_port)
     try:
         await stop.wait()
     finally:
-        server.close()
+        for server in servers:
+            server.close()
         if fast is not None:
             for conn in list(fast.connections):
                 conn.close()
@@ -124,6 +139,21 @@ def run(config: Config, dsn: str) -> int:
         f"idnode: serving on http://{config.host}:{config.port} with {config.workers} worker(s)",
         flush=True,
     )
+    if config.tls:
+        tls_context(config)  # a bad certificate or key stops start-up here, once
+        print(f"idnode: serving on https://{config.host}:{config.tls_port}", flush=True)
+        if config.dev_mode:
+            print(
+                "idnode: DEVELOPMENT MODE: writes and credentials over plain HTTP are accepted"
+                " from loopback",
+                flush=True,
+            )
+    else:
+        print(
+            "idnode: no TLS configured (IDNODE_TLS_CERT, IDNODE_TLS_KEY): credentials travel"
+            " in clear unless a TLS proxy fronts this node",
+            flush=True,
+        )
     if config.workers == 1:
         _run_worker(config, dsn)
         return 0

@@ -115,8 +115,17 @@ def key_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def node_config(key_dir: Path, **settings: Any) -> Config:
-    """A configuration for an in-process node using the session's keys."""
-    return Config(node_key=key_dir / "node.pem", sealing_key=key_dir / "sealing.key", **settings)
+    """A configuration for an in-process node using the session's keys.
+
+    Rate limits and the authentication back-off are off unless a test sets them: the
+    suite sends bursts, and wrong credentials on purpose, from loopback.
+    """
+    unlimited: dict[str, Any] = {"read_rate": 0.0, "write_rate": 0.0, "auth_backoff_max": 0.0}
+    return Config(
+        node_key=key_dir / "node.pem",
+        sealing_key=key_dir / "sealing.key",
+        **{**unlimited, **settings},
+    )
 
 
 @pytest.fixture
@@ -206,6 +215,9 @@ def served(
         "IDNODE_PORT": str(port),
         "IDNODE_DATA_DIR": str(data_dir),
         "IDNODE_WORKERS": "1",
+        "IDNODE_READ_RATE": "0",
+        "IDNODE_WRITE_RATE": "0",
+        "IDNODE_AUTH_BACKOFF_MAX": "0",
         **({"DATABASE_URL": db_url} if db_url else {}),
         **env,
     }

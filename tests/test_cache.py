@@ -214,17 +214,17 @@ async def test_writer_never_reads_its_old_record(node: RunningNode, tenant: Tena
 
 
 async def test_other_process_drops_entry_on_notify(
-    node: RunningNode, tenant: TenantFactory, db_url: str, tmp_path: Path
+    node: RunningNode, tenant: TenantFactory, db_url: str, tmp_path: Path, key_dir: Path
 ) -> None:
     from aiohttp import web
 
     from resolver.app import create_app
-    from resolver.config import Config
+    from tests.conftest import node_config
 
     t = await tenant()
     h = t.handle("shared")
     await _put(node, t, h, "https://example.com/old")
-    config = Config(port=free_port(), data_dir=tmp_path, database_url=db_url)
+    config = node_config(key_dir, port=free_port(), data_dir=tmp_path, database_url=db_url)
     other_metrics = Metrics(CollectorRegistry())
     runner = web.AppRunner(create_app(config, db_url, metrics=other_metrics))
     await runner.setup()

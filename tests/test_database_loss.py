@@ -18,9 +18,8 @@ from registry.store import CHANNEL, Store, create_pool
 from resolver.api import NODE
 from resolver.app import create_app
 from resolver.cache import Cache, Entry
-from resolver.config import Config
 from resolver.metrics import Metrics
-from tests.conftest import RunningNode, Tenant, free_port
+from tests.conftest import RunningNode, Tenant, free_port, node_config
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -39,7 +38,7 @@ def own_server(tmp_path: Path) -> Iterator[Any]:
 
 @pytest.fixture
 async def lonely_node(
-    own_server: Any, tmp_path: Path
+    own_server: Any, tmp_path: Path, key_dir: Path
 ) -> AsyncIterator[tuple[RunningNode, Tenant, Cache]]:
     url = own_server.get_uri()
     conn = await asyncpg.connect(url)
@@ -49,7 +48,9 @@ async def lonely_node(
     tenant = Tenant("88.400.1", "lonely-secret")
     await Registry(Store(pool)).home_prefix(tenant.prefix, tenant.secret)
     await pool.close()
-    config = Config(port=free_port(), data_dir=tmp_path, database_url=url, cache_stale_seconds=300)
+    config = node_config(
+        key_dir, port=free_port(), data_dir=tmp_path, database_url=url, cache_stale_seconds=300
+    )
     metrics = Metrics()
     runner = web.AppRunner(create_app(config, url, metrics=metrics))
     await runner.setup()

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from resolver.config import Config
 from resolver.server import serve_worker
-from tests.conftest import Tenant, TenantFactory, free_port
+from tests.conftest import Tenant, TenantFactory, free_port, node_config
 
 
 @dataclass
@@ -27,8 +26,10 @@ class Response:
 
 
 @pytest.fixture
-async def port(db_url: str, tmp_path: Path) -> AsyncIterator[int]:
-    config = Config(port=free_port(), data_dir=tmp_path, database_url=db_url, workers=1)
+async def port(db_url: str, tmp_path: Path, key_dir: Path) -> AsyncIterator[int]:
+    config = node_config(
+        key_dir, port=free_port(), data_dir=tmp_path, database_url=db_url, workers=1
+    )
     stop = asyncio.Event()
     task = asyncio.create_task(serve_worker(config, db_url, stop))
     for _ in range(200):
