@@ -102,6 +102,10 @@ def node(dsn: str, workdir: Path, log: Path, workers: int = NODE_WORKERS) -> Ite
         IDNODE_LOG_LEVEL="WARNING",
         IDNODE_WORKERS=str(workers),
         IDNODE_DATA_DIR=str(workdir),
+        # wrk sends tens of thousands of requests a second from one address: the per-client
+        # limits would measure the limiter, not the node
+        IDNODE_READ_RATE="0",
+        IDNODE_WRITE_RATE="0",
     )
     base = f"http://127.0.0.1:{port}"
     argv = [idnode_binary(), "serve"]
