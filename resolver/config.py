@@ -108,6 +108,11 @@ SETTINGS: dict[str, Setting] = {
         "60",
         "ceiling in seconds of the growing wait after repeated authentication failures",
     ),
+    "header_timeout": Setting(
+        "IDNODE_HEADER_TIMEOUT",
+        "10",
+        "seconds a client may take to send a request head once it started one",
+    ),
     "body_timeout": Setting(
         "IDNODE_BODY_TIMEOUT", "30", "seconds a client may take to send a request body"
     ),
@@ -142,6 +147,7 @@ class Config:
     write_rate: float = 50.0
     write_burst: float = 100.0
     auth_backoff_max: float = 60.0
+    header_timeout: float = 10.0
     body_timeout: float = 30.0
 
     @property
@@ -189,6 +195,7 @@ class Config:
         for name in ("read_rate", "read_burst", "write_rate", "write_burst"):
             values[name] = _parse(name, raw, float, _at_least(0.0))
         values["auth_backoff_max"] = _parse("auth_backoff_max", raw, float, _at_least(0.0))
+        values["header_timeout"] = _parse("header_timeout", raw, float, _at_least(0.1))
         values["body_timeout"] = _parse("body_timeout", raw, float, _at_least(0.1))
         if (values["tls_cert"] is None) != (values["tls_key"] is None):
             raise ConfigError("IDNODE_TLS_CERT and IDNODE_TLS_KEY: set both or neither")

@@ -28,7 +28,7 @@ from typing import NamedTuple, cast
 
 from aiohttp.http import SERVER_SOFTWARE
 
-from registry.errors import ClientError
+from registry.errors import ClientError, RequestTimeout
 from registry.handle import Handle, decode_path, parse
 from resolver.api import error_document
 from resolver.cache import Cache, Entry
@@ -94,8 +94,15 @@ class FastPath:
     """What every fast connection of one process shares."""
 
     def __init__(
-        self, cache: Cache, pipeline: Stage, metrics: Metrics, limits: Limits | None = None
+        self,
+        cache: Cache,
+        pipeline: Stage,
+        metrics: Metrics,
+        limits: Limits | None = None,
+        header_timeout: float = 10.0,
     ) -> None:
+        self.header_timeout = header_timeout
+        """Seconds a client may take to send a request head once it started one."""
         self.cache = cache
         self.pipeline = pipeline
         self.metrics = metrics
@@ -207,6 +214,7 @@ class FastProtocol(asyncio.Protocol):
         self.paused = False
         self.last_active = 0.0
         self._idle: asyncio.TimerHandle | None = None
+        self._head_timer: asyncio.TimerHandle | None = None
         self.peer = ""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -259,6 +267,7 @@ class FastProtocol(asyncio.Protocol):
                 self.buffer = buffer[start:]
                 if out:
                     transport.write(b"".join(out))
+                self._watch_head()
                 return
             req = parse_head(buffer[start:end]) if end - start <= MAX_HEAD else None
             if req is None or (limits is not None and limits.check_read(self.peer) > 0):
@@ -285,6 +294,30 @@ class FastProtocol(asyncio.Protocol):
         if out:
             transport.write(b"".join(out))
         self._hand_off(buffer[start:])
+
+    def _watch_head(self) -> None:
+        """A partial request head must complete within the header timeout (slow clients)."""
+        if not self.buffer:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+        elif self._head_timer is None:
+            loop = asyncio.get_running_loop()
+            self._head_timer = loop.call_later(self.fast.header_timeout, self._head_timed_out)
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport is None or self.busy:
+            return
+        self.fast.metrics.rejections.labels("RequestTimeout").inc()
+        status, body = error_document(
+            RequestTimeout("the request head did not arrive in time"), "", write=False
+        )
+        self.transport.write(
+            b"HTTP/1.1 408 Request Timeout\r\nContent-Length: %d\r\n"
+            b"Content-Type: application/json\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+        )
+        self.transport.close()
 
     def _resolved(
         self, req: Request, h: Handle, started: float, resolved: asyncio.Future[Entry]
@@ -314,6 +347,9 @@ class FastProtocol(asyncio.Protocol):
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
         self.fast.connections.discard(self)
         handler = self.make_handler()
         transport.set_protocol(handler)
@@ -336,6 +372,9 @@ class FastProtocol(asyncio.Protocol):
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
 
     def close(self) -> None:
         if self.transport is not None:

@@ -80,7 +80,7 @@ async def serve_worker(config: Config, dsn: str, stop: asyncio.Event) -> None:
     aiohttp_server = runner.server
     assert aiohttp_server is not None
     fast = (
-        FastPath(node.cache, node.pipeline, metrics, node.authn.limits)
+        FastPath(node.cache, node.pipeline, metrics, node.authn.limits, config.header_timeout)
         if node.cache is not None
         else None
     )

@@ -8,12 +8,15 @@ segments and half-sent requests are exactly what goes over the wire.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
 import pytest
 
+from resolver.config import Config
 from resolver.server import serve_worker
 from tests.conftest import Tenant, TenantFactory, free_port, node_config
 
@@ -25,13 +28,11 @@ class Response:
     body: bytes
 
 
-@pytest.fixture
-async def port(db_url: str, tmp_path: Path, key_dir: Path) -> AsyncIterator[int]:
-    config = node_config(
-        key_dir, port=free_port(), data_dir=tmp_path, database_url=db_url, workers=1
-    )
+@contextlib.asynccontextmanager
+async def serving(config: Config) -> AsyncIterator[int]:
+    """One worker (fast path in front of aiohttp) serving ``config`` in this process."""
     stop = asyncio.Event()
-    task = asyncio.create_task(serve_worker(config, db_url, stop))
+    task = asyncio.create_task(serve_worker(config, config.database_url or "", stop))
     for _ in range(200):
         try:
             _, w = await asyncio.open_connection("127.0.0.1", config.port)
@@ -45,6 +46,15 @@ async def port(db_url: str, tmp_path: Path, key_dir: Path) -> AsyncIterator[int]
     finally:
         stop.set()
         await task
+
+
+@pytest.fixture
+async def port(db_url: str, tmp_path: Path, key_dir: Path) -> AsyncIterator[int]:
+    config = node_config(
+        key_dir, port=free_port(), data_dir=tmp_path, database_url=db_url, workers=1
+    )
+    async with serving(config) as bound:
+        yield bound
 
 
 async def read_response(reader: asyncio.StreamReader, head_only: bool = False) -> Response:
@@ -217,3 +227,38 @@ async def test_no_stale_fast_answer_after_a_write(port: int, tenant: TenantFacto
         (after,) = await exchange(port, get(path), 1)
         assert f"https://example.com/v{n}".encode() in after.body
         assert after.headers["etag"] != before.headers["etag"]
+
+
+async def test_slow_request_head_is_cut_off(db_url: str, tmp_path: Path, key_dir: Path) -> None:
+    config = node_config(
+        key_dir,
+        port=free_port(),
+        data_dir=tmp_path,
+        database_url=db_url,
+        workers=1,
+        header_timeout=0.3,
+    )
+    async with serving(config) as bound:
+        reader, writer = await asyncio.open_connection("127.0.0.1", bound)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        writer.write(b"GET /api/handles/88.1/slow HTTP/1.1\r\nHost: x\r\n")  # never ends
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 5)
+        assert loop.time() - started < 3
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408 ")
+        assert orjson.loads(body)["responseCode"] == 4
+        writer.close()
+        # a client that sends its head in pieces, in time, is served
+        reader, writer = await asyncio.open_connection("127.0.0.1", bound)
+        writer.write(b"GET /api/handles/88.1/slow HTTP/1.1\r\n")
+        await asyncio.sleep(0.1)
+        writer.write(b"Host: x\r\n\r\n")
+        response = await asyncio.wait_for(read_response(reader), 5)
+        assert response.status in (301, 400, 404)
+        await asyncio.sleep(0.4)  # past the timeout: an idle keep-alive connection stays open
+        writer.write(b"GET /api/handles/88.1/slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        response = await asyncio.wait_for(read_response(reader), 5)
+        assert response.status in (301, 400, 404)
+        writer.close()
