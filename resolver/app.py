@@ -57,7 +57,15 @@ def error_response(request: web.Request, exc: ClientError | InternalError) -> we
 
 
 async def challenged(request: web.Request, exc: AuthenticationNeeded) -> web.Response:
-    """A 401 with both challenges: Basic, and Handle with a session to answer on."""
+    """A 401 with both challenges: Basic, and Handle with a session to answer on.
+
+    Where credentials may not travel (plain HTTP when TLS is configured) it is a 403
+    instead, as HANDLE.NET answers: no challenge invites them onto that connection.
+    """
+    if not request.app[api.NODE].authn.security.allows_credentials(request):
+        return error_response(
+            request, InsufficientPermissions(f"{exc.message}; use HTTPS to authenticate")
+        )
     handle = exc.handle or request.get(api.HANDLE_TEXT, "")
     document: dict[str, object] = {
         "responseCode": exc.response_code,

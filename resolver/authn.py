@@ -62,17 +62,18 @@ class Security:
     tls: bool = False
     dev_mode: bool = False
 
+    def allows_credentials(self, request: web.Request) -> bool:
+        """Whether credentials may travel on this request's connection."""
+        return not self.tls or request.secure or (self.dev_mode and _loopback(request.remote))
+
     def check(self, request: web.Request, *, needs_identity: bool) -> None:
         """403 for writes, sessions and credentials over plain HTTP when TLS is configured."""
-        if not self.tls or request.secure:
-            return
         if not needs_identity and "Authorization" not in request.headers:
             return
-        if self.dev_mode and _loopback(request.remote):
-            return
-        raise InsufficientPermissions(
-            "this node requires HTTPS for writes, sessions and credentials"
-        )
+        if not self.allows_credentials(request):
+            raise InsufficientPermissions(
+                "this node requires HTTPS for writes, sessions and credentials"
+            )
 
 
 def _loopback(address: str | None) -> bool:
@@ -305,6 +306,9 @@ class Authenticator:
 
     async def create_session(self, request: web.Request) -> web.Response:
         self.security.check(request, needs_identity=True)
+        wait = self.limits.check_write(request.remote or "", None)
+        if wait > 0:
+            raise RateLimited("too many new sessions from this client", wait)
         header = request.headers.get("Authorization", "")
         scheme, _, rest = header.strip().partition(" ")
         params = parse_handle_params(rest) if scheme.lower() == "handle" else {}
