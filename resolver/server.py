@@ -133,6 +133,8 @@ def _run_worker(config: Config, dsn: str) -> None:
 
 def run(config: Config, dsn: str) -> int:
     """Prepare, then serve with ``config.workers`` processes; answers the exit status."""
+    if config.tls:
+        tls_context(config)  # a bad certificate or key stops start-up here, once
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(prepare(config, dsn))
     print(
@@ -140,7 +142,6 @@ def run(config: Config, dsn: str) -> int:
         flush=True,
     )
     if config.tls:
-        tls_context(config)  # a bad certificate or key stops start-up here, once
         print(f"idnode: serving on https://{config.host}:{config.tls_port}", flush=True)
         if config.dev_mode:
             print(
