@@ -145,7 +145,7 @@ def _visible(
     return [v for v in values if v.public_read or v.admin_read]
 
 
-def _plain_answer(request: web.Request, text: str, entry: Entry) -> web.Response:
+def plain_answer(request: web.Request, text: str, entry: Entry) -> web.Response:
     """The whole public record, from the bytes encoded when the entry was filled."""
     error = unanswerable(entry, text)
     if error is not None:
@@ -173,7 +173,7 @@ async def get_handle(request: web.Request) -> web.Response:
     if record is None:
         raise HandleNotFound(handle=text)
     if public_only and not indexes and not types:
-        return _plain_answer(request, text, entry)
+        return plain_answer(request, text, entry)
     private_ok = False
     if not public_only:
         private_ok = await node.registry.authority.may_read_private(who, h, record.values)
