@@ -78,8 +78,8 @@ def cmd_prefix_list(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_config_show(config: Config, args: argparse.Namespace) -> int:
-    for env, value, help_text in config.describe():
-        print(f"{env}={value}    # {help_text}")
+    for env, value, source, help_text in config.describe():
+        print(f"{env}={value}    # from {source}: {help_text}")
     return 0
 
 

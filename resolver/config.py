@@ -1,15 +1,21 @@
-"""The one configuration object, read from the environment and validated at start-up.
+"""The one configuration object, read at start-up from the environment and a TOML file.
 
-Every setting has a default and a reason; an invalid value stops start-up with
-one line naming the setting (``IDNODE_PORT: must be an integer from 1 to 65535``).
+Every setting has a default and a reason. ``IDNODE_CONFIG`` may name a TOML file
+whose keys are the setting names of this module (``port = 8000``,
+``tls_cert = "/etc/idnode/cert.pem"``); an environment variable overrides the
+file, the file overrides the default. An invalid value stops start-up with one
+line naming the setting and where it came from (``IDNODE_PORT: must be an
+integer from 1 to 65535``, ``port in /etc/idnode.toml: …``).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,6 +23,8 @@ from registry.errors import ConfigError, InvalidHandle
 from registry.handle import check_prefix
 
 T = TypeVar("T")
+CONFIG_ENV = "IDNODE_CONFIG"
+"""Names an optional TOML file of settings, under the environment variables."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +157,8 @@ class Config:
     auth_backoff_max: float = 60.0
     header_timeout: float = 10.0
     body_timeout: float = 30.0
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+    """Where each setting that is not at its default came from."""
 
     @property
     def tls(self) -> bool:
@@ -164,63 +174,108 @@ class Config:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
-        """Read every setting from ``env`` (default: the process environment)."""
+        """Read every setting from ``env`` (default: the process environment) and the file
+        it names in ``IDNODE_CONFIG``."""
         env = os.environ if env is None else env
-        raw = {name: env.get(s.env) or s.default for name, s in SETTINGS.items()}
+        sources: dict[str, str] = {}
+        raw: dict[str, str | None] = {name: s.default for name, s in SETTINGS.items()}
+        path = env.get(CONFIG_ENV)
+        if path:
+            for name, text in _read_file(Path(path)).items():
+                raw[name], sources[name] = text, f"{name} in {path}"
+        for name, s in SETTINGS.items():
+            if env.get(s.env):
+                raw[name], sources[name] = env[s.env], s.env
+        return cls._from_raw(raw, sources)
+
+    @classmethod
+    def _from_raw(cls, raw: Mapping[str, str | None], sources: dict[str, str]) -> Config:
+        parse = functools.partial(_parse, sources=sources)
         values: dict[str, Any] = {
-            "host": _parse("host", raw, str, _non_empty),
-            "port": _parse("port", raw, int, _between(1, 65535)),
-            "data_dir": _parse("data_dir", raw, Path, _non_empty),
-            "database_url": _parse("database_url", raw, str, _postgres_url),
-            "bootstrap_prefix": _parse("bootstrap_prefix", raw, str, _prefix),
+            "host": parse("host", raw, str, _non_empty),
+            "port": parse("port", raw, int, _between(1, 65535)),
+            "data_dir": parse("data_dir", raw, Path, _non_empty),
+            "database_url": parse("database_url", raw, str, _postgres_url),
+            "bootstrap_prefix": parse("bootstrap_prefix", raw, str, _prefix),
             "bootstrap_secret": raw["bootstrap_secret"],
-            "workers": _parse("workers", raw, int, _between(1, 256)) or (os.cpu_count() or 1),
-            "max_body_bytes": _parse("max_body_bytes", raw, int, _between(1024, 2**31)),
-            "db_pool_size": _parse("db_pool_size", raw, int, _between(1, 1000)),
-            "log_level": _parse("log_level", raw, str.upper, _log_level),
-            "cache_max_entries": _parse("cache_max_entries", raw, int, _between(0, 100_000_000)),
-            "cache_max_age": _parse("cache_max_age", raw, int, _between(1, 86400 * 365)),
-            "cache_negative_ttl": _parse("cache_negative_ttl", raw, int, _between(0, 86400)),
-            "cache_stale_seconds": _parse("cache_stale_seconds", raw, int, _between(0, 86400 * 7)),
-            "tls_cert": _parse("tls_cert", raw, Path, _readable_file),
-            "tls_key": _parse("tls_key", raw, Path, _readable_file),
-            "tls_port": _parse("tls_port", raw, int, _between(1, 65535)),
-            "dev_mode": _parse("dev_mode", raw, _boolean, _any),
-            "node_key": _parse("node_key", raw, Path, _non_empty),
-            "sealing_key": _parse("sealing_key", raw, Path, _non_empty),
-            "session_idle_seconds": _parse(
+            "workers": parse("workers", raw, int, _between(1, 256)) or (os.cpu_count() or 1),
+            "max_body_bytes": parse("max_body_bytes", raw, int, _between(1024, 2**31)),
+            "db_pool_size": parse("db_pool_size", raw, int, _between(1, 1000)),
+            "log_level": parse("log_level", raw, str.upper, _log_level),
+            "cache_max_entries": parse("cache_max_entries", raw, int, _between(0, 100_000_000)),
+            "cache_max_age": parse("cache_max_age", raw, int, _between(1, 86400 * 365)),
+            "cache_negative_ttl": parse("cache_negative_ttl", raw, int, _between(0, 86400)),
+            "cache_stale_seconds": parse("cache_stale_seconds", raw, int, _between(0, 86400 * 7)),
+            "tls_cert": parse("tls_cert", raw, Path, _readable_file),
+            "tls_key": parse("tls_key", raw, Path, _readable_file),
+            "tls_port": parse("tls_port", raw, int, _between(1, 65535)),
+            "dev_mode": parse("dev_mode", raw, _boolean, _any),
+            "node_key": parse("node_key", raw, Path, _non_empty),
+            "sealing_key": parse("sealing_key", raw, Path, _non_empty),
+            "session_idle_seconds": parse(
                 "session_idle_seconds", raw, int, _between(1, 86400 * 30)
             ),
         }
         for name in ("read_rate", "read_burst", "write_rate", "write_burst"):
-            values[name] = _parse(name, raw, float, _at_least(0.0))
-        values["auth_backoff_max"] = _parse("auth_backoff_max", raw, float, _at_least(0.0))
-        values["header_timeout"] = _parse("header_timeout", raw, float, _at_least(0.1))
-        values["body_timeout"] = _parse("body_timeout", raw, float, _at_least(0.1))
+            values[name] = parse(name, raw, float, _at_least(0.0))
+        values["auth_backoff_max"] = parse("auth_backoff_max", raw, float, _at_least(0.0))
+        values["header_timeout"] = parse("header_timeout", raw, float, _at_least(0.1))
+        values["body_timeout"] = parse("body_timeout", raw, float, _at_least(0.1))
         if (values["tls_cert"] is None) != (values["tls_key"] is None):
             raise ConfigError("IDNODE_TLS_CERT and IDNODE_TLS_KEY: set both or neither")
-        return cls(**values)
+        return cls(**values, sources=dict(sources))
 
-    def describe(self) -> list[tuple[str, str, str]]:
-        """(environment variable, effective value, help) for every setting; secrets redacted."""
+    def describe(self) -> list[tuple[str, str, str, str]]:
+        """(environment variable, effective value, source, help) for every setting; secrets
+        redacted. The source is ``default``, the variable's name, or the key and file."""
         rows = []
         for f in fields(self):
+            if f.name == "sources":
+                continue
             setting = SETTINGS[f.name]
             value = getattr(self, f.name)
             shown = "(unset)" if value is None else str(value)
             if value is not None and ("secret" in f.name or f.name == "database_url"):
                 shown = "(set, redacted)"
-            rows.append((setting.env, shown, setting.help))
+            source = self.sources.get(f.name, "default")
+            rows.append((setting.env, shown, source, setting.help))
         return rows
 
 
+def _read_file(path: Path) -> dict[str, str]:
+    """The settings of a TOML file as text, to be checked like environment values."""
+    try:
+        with path.open("rb") as f:
+            document = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"{CONFIG_ENV}: cannot read {path} ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{CONFIG_ENV}: {path} is not valid TOML ({exc})") from None
+    found = {}
+    for key, value in document.items():
+        if key not in SETTINGS or key == "sources":
+            raise ConfigError(f"{CONFIG_ENV}: unknown setting {key!r} in {path}")
+        if isinstance(value, bool):
+            found[key] = "true" if value else "false"
+        elif isinstance(value, str | int | float):
+            found[key] = str(value)
+        else:
+            raise ConfigError(f"{key} in {path}: must be a string, number or boolean")
+    return found
+
+
 def _parse(
-    name: str, raw: Mapping[str, str | None], convert: Callable[[str], T], check: Callable[[T], str]
+    name: str,
+    raw: Mapping[str, str | None],
+    convert: Callable[[str], T],
+    check: Callable[[T], str],
+    *,
+    sources: Mapping[str, str],
 ) -> T | None:
     text = raw[name]
     if text is None:
         return None
-    env = SETTINGS[name].env
+    env = sources.get(name, SETTINGS[name].env)
     try:
         value = convert(text.strip())
     except ValueError:

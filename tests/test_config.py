@@ -109,7 +109,7 @@ def test_invalid_value_names_the_variable(var: str, text: str) -> None:
 
 
 def test_every_setting_has_a_variable_and_help() -> None:
-    assert set(SETTINGS) == {f.name for f in fields(Config)}
+    assert set(SETTINGS) == {f.name for f in fields(Config)} - {"sources"}
     envs = [s.env for s in SETTINGS.values()]
     assert len(envs) == len(set(envs))
     assert all(s.help for s in SETTINGS.values())
@@ -125,7 +125,7 @@ def test_describe_redacts_secrets() -> None:
         database_url="postgresql://idnode:pa55word@db.example/idnode",
     )
     rows = config.describe()
-    shown = {env: value for env, value, _ in rows}
+    shown = {env: value for env, value, _, _ in rows}
     assert shown["IDNODE_BOOTSTRAP_SECRET"] == "(set, redacted)"
     assert shown["DATABASE_URL"] == "(set, redacted)"
     assert shown["IDNODE_BOOTSTRAP_PREFIX"] == "88.118.8"
@@ -137,9 +137,54 @@ def test_describe_redacts_secrets() -> None:
 
 
 def test_describe_unset() -> None:
-    shown = {env: value for env, value, _ in Config().describe()}
+    shown = {env: value for env, value, _, _ in Config().describe()}
     assert shown["IDNODE_BOOTSTRAP_SECRET"] == "(unset)"
     assert shown["DATABASE_URL"] == "(unset)"
+
+
+# --- the TOML file (IDNODE_CONFIG) under the environment ----------------------------------------
+
+
+def test_file_under_the_environment(tmp_path: Path) -> None:
+    path = tmp_path / "idnode.toml"
+    path.write_text(
+        'port = 9100\nhost = "0.0.0.0"\ndev_mode = true\nread_rate = 12.5\n'
+        'bootstrap_secret = "from-the-file"\n'
+    )
+    config = Config.from_env({"IDNODE_CONFIG": str(path), "IDNODE_PORT": "9200"})
+    assert config.port == 9200  # the environment wins
+    assert config.host == "0.0.0.0" and config.dev_mode is True and config.read_rate == 12.5
+    rows = {env: (value, source) for env, value, source, _ in config.describe()}
+    assert rows["IDNODE_PORT"] == ("9200", "IDNODE_PORT")
+    assert rows["IDNODE_HOST"] == ("0.0.0.0", f"host in {path}")
+    assert rows["IDNODE_BOOTSTRAP_SECRET"] == ("(set, redacted)", f"bootstrap_secret in {path}")
+    assert rows["IDNODE_CACHE_MAX_AGE"] == ("3600", "default")
+    assert "from-the-file" not in repr(config.describe())
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("port = 0\n", "port in {path}: must be an integer from 1 to 65535"),
+        ('port = "x"\n', "port in {path}: cannot read 'x'"),
+        ("no_such_setting = 1\n", "IDNODE_CONFIG: unknown setting 'no_such_setting' in {path}"),
+        ("port = [1, 2]\n", "port in {path}: must be a string, number or boolean"),
+        ("port = \n", "IDNODE_CONFIG: {path} is not valid TOML"),
+        ("sources = 1\n", "IDNODE_CONFIG: unknown setting 'sources'"),
+    ],
+)
+def test_bad_file_names_the_key_and_file(tmp_path: Path, content: str, expected: str) -> None:
+    path = tmp_path / "idnode.toml"
+    path.write_text(content)
+    with pytest.raises(ConfigError) as caught:
+        Config.from_env({"IDNODE_CONFIG": str(path)})
+    assert expected.format(path=path) in caught.value.message
+
+
+def test_missing_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Config.from_env({"IDNODE_CONFIG": str(tmp_path / "absent.toml")})
+    assert caught.value.message.startswith("IDNODE_CONFIG: cannot read")
 
 
 # --- through the command line -------------------------------------------------------------------
@@ -165,4 +210,5 @@ def test_cli_config_show_redacts(cli: Cli) -> None:
     assert "hunter2-cli" not in result.stdout + result.stderr
     assert "IDNODE_BOOTSTRAP_SECRET=(set, redacted)" in result.stdout
     assert "DATABASE_URL=(set, redacted)" in result.stdout
-    assert "IDNODE_BOOTSTRAP_PREFIX=88.300.0" in result.stdout
+    assert "IDNODE_BOOTSTRAP_PREFIX=88.300.0    # from IDNODE_BOOTSTRAP_PREFIX:" in result.stdout
+    assert "IDNODE_CACHE_MAX_AGE=3600    # from default:" in result.stdout
