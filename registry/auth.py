@@ -124,8 +124,9 @@ class Authority:
         secret = unseal(stored, self.sealer)
         if secret is None:
             raise AuthenticationNeeded(
-                f"the secret of {index}:{handle.text} is stored as a hash only, which cannot "
-                "answer a challenge; use HTTP Basic, or set the secret again"
+                f"the secret of {index}:{handle.text} cannot be unsealed here (stored as a hash "
+                "only, or sealed with another node's sealing key), so it cannot answer a "
+                "challenge; use HTTP Basic, or set the secret again"
             )
         try:
             expected = keys.seckey_answer(answer.alg, secret, nonce, answer.cnonce, answer.pbkdf2)

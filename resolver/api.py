@@ -34,6 +34,7 @@ from registry.registry import Registry
 from registry.store import Store
 from resolver.authn import Authenticator
 from resolver.cache import Cache, Entry
+from resolver.config import Config
 from resolver.invalidation import Listener
 from resolver.metrics import Metrics
 from resolver.pipeline import Stage, etag_matches, public_body, resolve, unanswerable
@@ -55,7 +56,7 @@ class Node:
     authn: Authenticator
     listener: Listener | None = None
     cache: Cache | None = None
-    body_timeout: float = 30.0
+    config: Config = Config()
 
 
 NODE = web.AppKey("node", Node)
@@ -124,7 +125,7 @@ async def _json_body(request: web.Request) -> Any:
             f"body must be sent as Content-Type: application/json, not {request.content_type!r}"
         )
     try:
-        async with asyncio.timeout(request.app[NODE].body_timeout):
+        async with asyncio.timeout(request.app[NODE].config.body_timeout):
             raw = await request.read()
     except TimeoutError:
         raise RequestTimeout("the request body did not arrive in time") from None

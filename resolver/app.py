@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import secrets
 import ssl
 import time
@@ -39,7 +40,8 @@ from resolver.authn import add_routes as authn_routes
 from resolver.cache import Cache
 from resolver.config import Config
 from resolver.invalidation import Listener
-from resolver.limits import FailureBackoff, Limits, retry_after
+from resolver.limits import FailureBackoff, Limits, RateLimiter, retry_after
+from resolver.logs import access_log, sampled
 from resolver.metrics import Metrics
 from resolver.pipeline import CacheStage, Stage, StoreStage
 
@@ -126,9 +128,17 @@ def _translate_http(exc: web.HTTPException) -> ClientError:
 UNLIMITED_ENDPOINTS = frozenset({"healthz", "readyz", "metrics"})
 
 
+_security_lines = RateLimiter(rate=10.0, burst=50.0)
+"""Security log lines per second and reason: a flood is counted in full but not logged in full."""
+REQUEST_ID = web.RequestKey("request_id", str)
+_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
 def _security_event(request: web.Request, reason: str, exc: ClientError) -> None:
     """One structured line per refusal, and a count by reason; never a secret."""
     request.app[api.NODE].metrics.rejections.labels(reason).inc()
+    if _security_lines.take(reason) > 0:
+        return
     who = request.get(IDENTITY)
     security_log.warning(
         "refused %s",
@@ -140,8 +150,15 @@ def _security_event(request: web.Request, reason: str, exc: ClientError) -> None
             "method": request.method,
             "path": request.path[:200],
             "detail": exc.message[:200],
+            "request_id": request.get(REQUEST_ID),
         },
     )
+
+
+def _request_id(request: web.Request) -> str:
+    """The caller's ``X-Request-Id`` when it is a sane token, else a fresh one."""
+    given = request.headers.get("X-Request-Id", "")
+    return given if _REQUEST_ID_RE.fullmatch(given) else secrets.token_hex(8)
 
 
 @web.middleware
@@ -151,6 +168,7 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
     metrics = node.metrics
     started = time.perf_counter()
     endpoint = request.match_info.route.name or "other"
+    request[REQUEST_ID] = request_id = _request_id(request)
     try:
         if request.method in ("GET", "HEAD") and endpoint not in UNLIMITED_ENDPOINTS:
             wait = node.authn.limits.check_read(request.remote or "")
@@ -183,16 +201,40 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
         if "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
     except InternalError as exc:
-        log.error("%s %s failed: %s", request.method, request.path, exc.message)
+        log.error(
+            "%s %s failed: %s",
+            request.method,
+            request.path,
+            exc.message,
+            extra={"request_id": request_id},
+        )
         response = error_response(request, exc)
     except Exception:
-        log.exception("%s %s failed", request.method, request.path)
+        log.exception(
+            "%s %s failed", request.method, request.path, extra={"request_id": request_id}
+        )
         response = error_response(request, InternalError())
+    response.headers["X-Request-Id"] = request_id
     if request.method in WRITE_METHODS and endpoint in ("write", "delete"):
         outcome = "ok" if response.status < 400 else str(response.status)
         metrics.writes.labels(endpoint, outcome).inc()
+    elapsed = time.perf_counter() - started
     metrics.requests.labels("http", endpoint, str(response.status)).inc()
-    metrics.request_duration.labels("http", endpoint).observe(time.perf_counter() - started)
+    metrics.request_duration.labels("http", endpoint).observe(elapsed)
+    if sampled(node.config.access_log_sample):
+        access_log.info(
+            "%s %s %d",
+            request.method,
+            request.path[:200],
+            response.status,
+            extra={
+                "request_id": request_id,
+                "client": request.remote,
+                "status": response.status,
+                "endpoint": endpoint,
+                "duration_ms": round(elapsed * 1000, 3),
+            },
+        )
     return response
 
 
@@ -318,9 +360,7 @@ def create_app(
             pipeline = CacheStage(pipeline, cache)
             listener = Listener(dsn, cache)
             listener.start()
-        app[api.NODE] = api.Node(
-            store, registry, pipeline, metrics, authn, listener, cache, config.body_timeout
-        )
+        app[api.NODE] = api.Node(store, registry, pipeline, metrics, authn, listener, cache, config)
         flusher = asyncio.create_task(_flush_metrics(metrics))
         yield
         flusher.cancel()

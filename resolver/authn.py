@@ -193,17 +193,33 @@ class Authenticator:
         self.security.check(request, needs_identity=needs_identity)
         if IDENTITY in request:
             return request[IDENTITY]  # type: ignore[return-value]
+        if needs_identity:  # charged before any secret is checked: guessing costs budget
+            wait = self.limits.write_by_address.take(request.remote or "")
+            if wait > 0:
+                raise RateLimited("too many writes from this client", wait)
         who = await self._identify(request)
         request[IDENTITY] = who
-        if needs_identity:
-            wait = self.limits.check_write(request.remote or "", None if who is None else str(who))
+        if needs_identity and who is not None:
+            wait = self.limits.write_by_identity.take(_identity_key(who))
             if wait > 0:
-                raise RateLimited("too many writes from this client or identity", wait)
+                raise RateLimited(f"too many writes by {who}", wait)
         return who
 
-    async def _verified(self, claimed: str, proof: Callable[[], Awaitable[Identity]]) -> Identity:
-        """``proof``'s identity, with a growing wait after repeated failures for ``claimed``."""
-        key = claimed.lower()
+    async def _verified(
+        self, request: web.Request, claimed: str, proof: Callable[[], Awaitable[Identity]]
+    ) -> Identity:
+        """``proof``'s identity, with a growing wait after repeated failures.
+
+        The failures are counted per claimed identity (however it is spelled) and
+        client address: guessing from one address slows down, while the identity's
+        owner elsewhere is not locked out.
+        """
+        try:
+            index, handle = parse_identity(claimed)
+            identity = _identity_key(Identity(index, handle))
+        except AuthenticationNeeded:
+            identity = claimed
+        key = f"{identity} {request.remote}"
         wait = self.limits.auth_failures.blocked_for(key)
         if wait > 0:
             raise RateLimited(f"too many failed authentications as {claimed[:100]}", wait)
@@ -221,20 +237,22 @@ class Authenticator:
             return None
         scheme, _, rest = header.strip().partition(" ")
         if scheme.lower() == "basic":
-            return await self._basic(rest)
+            return await self._basic(request, rest)
         if scheme.lower() == "handle":
             return await self._handle(request, header, parse_handle_params(rest))
         raise AuthenticationNeeded(
             f"authorization scheme {scheme[:20]!r} is not supported; use Basic or Handle"
         )
 
-    async def _basic(self, token: str) -> Identity:
+    async def _basic(self, request: web.Request, token: str) -> Identity:
         try:
             credentials = base64.b64decode(token.strip(), validate=True).decode("utf-8")
         except (binascii.Error, UnicodeDecodeError):
             raise AuthenticationNeeded("Basic credentials are not valid base64 UTF-8") from None
         user, secret = split_basic(credentials)
-        return await self._verified(user, lambda: self.authority.authenticate(user, secret))
+        return await self._verified(
+            request, user, lambda: self.authority.authenticate(user, secret)
+        )
 
     async def _session(self, params: dict[str, str]) -> Session:
         session_id = params.get("sessionid")
@@ -279,7 +297,7 @@ class Authenticator:
             pbkdf2=_pbkdf2(params),
         )
         who = await self._verified(
-            answer.identity, lambda: self.authority.verify_answer(session.nonce, answer)
+            request, answer.identity, lambda: self.authority.verify_answer(session.nonce, answer)
         )
         await self.sessions.authenticate(session.id, str(who), proof)
         authenticated = Session(session.id, session.nonce, str(who), proof, session.used_at)
@@ -306,7 +324,7 @@ class Authenticator:
 
     async def create_session(self, request: web.Request) -> web.Response:
         self.security.check(request, needs_identity=True)
-        wait = self.limits.check_write(request.remote or "", None)
+        wait = self.limits.write_by_address.take(request.remote or "")
         if wait > 0:
             raise RateLimited("too many new sessions from this client", wait)
         header = request.headers.get("Authorization", "")
@@ -332,6 +350,9 @@ class Authenticator:
 
     async def end_session(self, request: web.Request) -> web.Response:
         self.security.check(request, needs_identity=True)
+        wait = self.limits.write_by_address.take(request.remote or "")
+        if wait > 0:
+            raise RateLimited("too many session requests from this client", wait)
         header = request.headers.get("Authorization", "")
         scheme, _, rest = header.strip().partition(" ")
         if scheme.lower() != "handle":
@@ -339,6 +360,11 @@ class Authenticator:
         session = await self._session(parse_handle_params(rest))
         await self.sessions.delete(session.id)
         return web.Response(status=204)
+
+
+def _identity_key(who: Identity) -> str:
+    """One spelling per identity (handles match ASCII case-insensitively)."""
+    return f"{who.index}:{who.handle.key}"
 
 
 def _identity_of(session: Session) -> Identity | None:

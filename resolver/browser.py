@@ -26,8 +26,8 @@ from registry.errors import ClientError, HandleNotFound
 from resolver import api
 from resolver.pipeline import resolve
 
-RESERVED = ("api/", "hrls/", "metrics", "healthz", "readyz")
-"""Paths that are never identifiers: unknown ones there are the JSON API's 404."""
+RESERVED = frozenset({"api", "hrls", "metrics", "healthz", "readyz"})
+"""First path segments that are never identifiers: unknown paths there are the API's 404."""
 
 _STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d2733;
@@ -141,7 +141,7 @@ async def home(request: web.Request) -> web.Response:
 
 async def browse(request: web.Request) -> web.StreamResponse:
     raw = request.rel_url.raw_path[1:]
-    if raw.startswith(RESERVED):
+    if raw.split("/", 1)[0] in RESERVED:
         raise web.HTTPNotFound()
     node = request.app[api.NODE]
     if _wants_json(request):

@@ -20,8 +20,9 @@ from registry.errors import ClientError, IdNodeError
 from registry.store import Store, create_pool
 from resolver import server
 from resolver.app import node_registry
-from resolver.config import Config, configure_logging
+from resolver.config import Config
 from resolver.database import database_url
+from resolver.logs import configure_logging
 
 
 def _run(coro: Coroutine[Any, Any, int]) -> int:

@@ -11,7 +11,6 @@ integer from 1 to 65535``, ``port in /etc/idnode.toml: …``).
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -61,6 +60,14 @@ SETTINGS: dict[str, Setting] = {
         "IDNODE_DB_POOL_SIZE", "10", "most PostgreSQL connections one process opens"
     ),
     "log_level": Setting("IDNODE_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR"),
+    "log_format": Setting(
+        "IDNODE_LOG_FORMAT", "auto", "json, text, or auto (text on a terminal, JSON otherwise)"
+    ),
+    "access_log_sample": Setting(
+        "IDNODE_ACCESS_LOG_SAMPLE",
+        "0",
+        "share of requests (0 to 1) written to the access log (logger idnode.access)",
+    ),
     "cache_max_entries": Setting(
         "IDNODE_CACHE_MAX_ENTRIES", "100000", "resolutions cached per process (0 disables)"
     ),
@@ -139,6 +146,8 @@ class Config:
     max_body_bytes: int = 1048576
     db_pool_size: int = 10
     log_level: str = "INFO"
+    log_format: str = "auto"
+    access_log_sample: float = 0.0
     cache_max_entries: int = 100000
     cache_max_age: int = 3600
     cache_negative_ttl: int = 60
@@ -202,6 +211,8 @@ class Config:
             "max_body_bytes": parse("max_body_bytes", raw, int, _between(1024, 2**31)),
             "db_pool_size": parse("db_pool_size", raw, int, _between(1, 1000)),
             "log_level": parse("log_level", raw, str.upper, _log_level),
+            "log_format": parse("log_format", raw, str.lower, _one_of("auto", "json", "text")),
+            "access_log_sample": parse("access_log_sample", raw, float, _fraction),
             "cache_max_entries": parse("cache_max_entries", raw, int, _between(0, 100_000_000)),
             "cache_max_age": parse("cache_max_age", raw, int, _between(1, 86400 * 365)),
             "cache_negative_ttl": parse("cache_negative_ttl", raw, int, _between(0, 86400)),
@@ -218,7 +229,7 @@ class Config:
         }
         for name in ("read_rate", "read_burst", "write_rate", "write_burst"):
             values[name] = parse(name, raw, float, _at_least(0.0))
-        values["auth_backoff_max"] = parse("auth_backoff_max", raw, float, _at_least(0.0))
+        values["auth_backoff_max"] = parse("auth_backoff_max", raw, float, _within(0.0, 900.0))
         values["header_timeout"] = parse("header_timeout", raw, float, _at_least(0.1))
         values["body_timeout"] = parse("body_timeout", raw, float, _at_least(0.1))
         if (values["tls_cert"] is None) != (values["tls_key"] is None):
@@ -305,6 +316,24 @@ def _at_least(low: float) -> Callable[[float], str]:
     return check
 
 
+def _within(low: float, high: float) -> Callable[[float], str]:
+    def check(value: float) -> str:
+        return "" if low <= value <= high else f"must be a number from {low:g} to {high:g}"
+
+    return check
+
+
+def _one_of(*choices: str) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        return "" if value in choices else f"must be one of {', '.join(choices)}"
+
+    return check
+
+
+def _fraction(value: float) -> str:
+    return "" if 0.0 <= value <= 1.0 else "must be a number from 0 to 1"
+
+
 def _any(value: object) -> str:
     return ""
 
@@ -340,10 +369,3 @@ def _prefix(value: str) -> str:
 def _log_level(value: str) -> str:
     ok = value in ("DEBUG", "INFO", "WARNING", "ERROR")
     return "" if ok else "must be DEBUG, INFO, WARNING or ERROR"
-
-
-def configure_logging(config: Config) -> None:
-    logging.basicConfig(
-        level=getattr(logging, config.log_level),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )

@@ -36,8 +36,9 @@ from resolver.app import (
     node_registry,
     tls_context,
 )
-from resolver.config import Config, configure_logging
+from resolver.config import Config
 from resolver.fastpath import FastPath, FastProtocol
+from resolver.logs import configure_logging
 from resolver.metrics import MULTIPROCESS_ENV, Metrics
 
 log = logging.getLogger("idnode")

@@ -575,7 +575,8 @@ async def test_list_handles_needs_a_valid_prefix(
 
 
 @pytest.mark.parametrize(
-    "path", ["/api/nothing", "/api/handle/88.118.1/x", "/nothing", "/api", "/api/prefixes/x"]
+    "path",
+    ["/api/nothing", "/api/handle/88.118.1/x", "/api", "/api/prefixes/x", "/hrls", "/metrics/x"],
 )
 async def test_unknown_endpoint_is_404_json(node: RunningNode, path: str) -> None:
     answer = await call(node, "GET", f"{node.url}{path}")
