@@ -199,6 +199,7 @@ class Registry:
                     f"value {first} already exists", handle=h.text, index=first
                 )
             merged = [v for v in old.values if v.index not in wanted] + values
+            hv.check_count(len(merged))
             await self.authority.require(who, h, _changes(old.values, merged), old.values, tx)
             merged = _keep_timestamps(old.values, merged)
             await tx.update(h, merged)

@@ -15,6 +15,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+import orjson
+
 from registry import handle as handle_syntax
 from registry.errors import InvalidHandle, InvalidValue
 
@@ -24,6 +26,10 @@ SECRET_PERMISSIONS = "1100"
 MAX_INDEX = 2**31 - 1
 MAX_TTL = 2**31 - 1
 MAX_TYPE_LENGTH = 256
+MAX_VALUES = 2048
+"""Values one record may hold (the Handle protocol's limit)."""
+MAX_DATA_BYTES = 65536
+"""Largest value data, in bytes of its JSON encoding."""
 
 ADMIN_TYPE = "HS_ADMIN"
 SECKEY_TYPE = "HS_SECKEY"
@@ -255,6 +261,10 @@ def parse_value(raw: Any, *, timestamp: str) -> Value:
             f"value {index}: 'data' must be a string or an object with format and value",
             index=index,
         )
+    if len(orjson.dumps(payload)) > MAX_DATA_BYTES:
+        raise InvalidValue(
+            f"value {index}: data is larger than {MAX_DATA_BYTES} bytes", index=index
+        )
     if vtype.upper() == ADMIN_TYPE and fmt != "admin":
         raise InvalidValue(f"value {index}: HS_ADMIN data must have format admin", index=index)
     default_perms = SECRET_PERMISSIONS if vtype.upper() == SECKEY_TYPE else DEFAULT_PERMISSIONS
@@ -269,6 +279,12 @@ def parse_value(raw: Any, *, timestamp: str) -> Value:
     )
 
 
+def check_count(count: int) -> None:
+    """Refuse a record of more than ``MAX_VALUES`` values."""
+    if count > MAX_VALUES:
+        raise InvalidValue(f"a record holds at most {MAX_VALUES} values, not {count}")
+
+
 def parse_values(raw: Any, *, timestamp: str) -> list[Value]:
     """Parse a request body: ``{"values": [...]}``, a bare array, or one value."""
     if isinstance(raw, Mapping) and "values" in raw:
@@ -277,6 +293,7 @@ def parse_values(raw: Any, *, timestamp: str) -> list[Value]:
         raw = [raw]
     if not isinstance(raw, list):
         raise InvalidValue('body must be {"values": [...]}, an array of values, or one value')
+    check_count(len(raw))
     values = [parse_value(item, timestamp=timestamp) for item in raw]
     seen: set[int] = set()
     for v in values:

@@ -436,6 +436,30 @@ async def test_failing_value_in_the_middle_changes_nothing(
     assert await snapshot(node, store, t, t.handle(KEEP)) == before
 
 
+async def test_record_and_value_size_limits(
+    node: RunningNode, store: Store, tenant: TenantFactory
+) -> None:
+    """At most 2048 values per record and 64 KiB of data per value, whole or by index."""
+    t = await with_record(tenant, node)
+    before = await snapshot(node, store, t, t.handle(KEEP))
+    many = [{"index": i, "type": "X", "data": "v"} for i in range(1, 2050)]
+    answer = await call(node, "PUT", node.api(t.handle(KEEP)), headers=t.auth, json=many)
+    assert_error(answer, http=400, code=202, says="at most 2048 values")
+    big = [{"index": 9, "type": "X", "data": "x" * 70_000}]
+    url = node.api(t.handle(KEEP)) + "?index=9"
+    answer = await call(node, "PUT", url, headers=t.auth, json=big)
+    assert_error(answer, http=400, code=202, says="larger than 65536 bytes")
+    assert await snapshot(node, store, t, t.handle(KEEP)) == before
+    # a record at the limit takes no more values by index either
+    full = [{"index": i, "type": "X", "data": "v"} for i in range(1, 2049)]
+    answer = await call(node, "PUT", node.api(t.handle("full")), headers=t.auth, json=full)
+    assert answer[0] == 201, answer
+    url = node.api(t.handle("full")) + "?index=5000"
+    one = [{"index": 5000, "type": "X", "data": "v"}]
+    answer = await call(node, "PUT", url, headers=t.auth, json=one)
+    assert_error(answer, http=400, code=202, says="at most 2048 values")
+
+
 # --- body size -----------------------------------------------------------------------------
 
 
