@@ -188,12 +188,15 @@ def test_parameters_are_documented() -> None:
     assert names(handle, "put")["overwrite"]["schema"]["default"] is True
 
 
-def test_writes_need_basic_auth_with_the_prefix_identity() -> None:
+def test_writes_need_basic_or_handle_auth_with_the_prefix_identity() -> None:
     scheme = spec()["components"]["securitySchemes"]["handleBasic"]
     assert (scheme["type"], scheme["scheme"]) == ("http", "basic")
     assert "300:0.NA/" in scheme["description"]
     for method in WRITES:
-        assert operation("/api/handles/{handle}", method)["security"] == [{"handleBasic": []}]
+        assert operation("/api/handles/{handle}", method)["security"] == [
+            {"handleBasic": []},
+            {"handleChallenge": []},
+        ]
         unauthorized = documented_response("/api/handles/{handle}", method, 401)
         assert unauthorized["headers"]["WWW-Authenticate"]["$ref"].endswith("WWW-Authenticate")
 
