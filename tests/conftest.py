@@ -33,6 +33,7 @@ from registry import migrate
 from registry.keys import NodeKey, Sealer
 from registry.registry import Registry
 from registry.store import Store, create_pool
+from resolver.api import NODE
 from resolver.app import create_app, node_registry
 from resolver.config import Config
 from resolver.database import start_embedded
@@ -193,6 +194,9 @@ async def node(db_url: str, tmp_path: Path, key_dir: Path) -> AsyncIterator[Runn
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", config.port)
     await site.start()
+    listener = app[NODE].listener
+    if listener is not None:  # ready (and caching) before the test's first request
+        await asyncio.wait_for(listener.connected.wait(), 30)
     try:
         async with aiohttp.ClientSession() as session:
             yield RunningNode(f"http://127.0.0.1:{config.port}", metrics, session)
