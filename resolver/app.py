@@ -282,6 +282,19 @@ def tls_context(config: Config) -> ssl.SSLContext:
     return context
 
 
+def limits_for(config: Config) -> Limits:
+    """The per-client limits ``config`` asks for, shared out across its workers."""
+    limits = Limits(
+        config.read_rate,
+        config.read_burst,
+        config.write_rate,
+        config.write_burst,
+        workers=config.workers,
+    )
+    limits.auth_failures = FailureBackoff(ceiling=config.auth_backoff_max)
+    return limits
+
+
 def node_registry(config: Config, store: Store, *, clock: Clock = time.time) -> Registry:
     """The registry with the node's keys (created on first use under the data directory)."""
     try:
@@ -335,15 +348,9 @@ def create_app(
         registry = node_registry(config, store, clock=clock)
         sessions = Sessions(store, idle_seconds=config.session_idle_seconds, clock=clock)
         security = Security(tls=config.tls, dev_mode=config.dev_mode)
-        limits = Limits(
-            config.read_rate,
-            config.read_burst,
-            config.write_rate,
-            config.write_burst,
-            workers=config.workers,
+        authn = Authenticator(
+            registry.authority, sessions, registry.node_key, security, limits_for(config)
         )
-        limits.auth_failures = FailureBackoff(ceiling=config.auth_backoff_max)
-        authn = Authenticator(registry.authority, sessions, registry.node_key, security, limits)
         metrics.watch_pool(store)
         pipeline: Stage = StoreStage(store, metrics)
         listener = cache = None

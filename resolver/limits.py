@@ -282,6 +282,13 @@ class Limits:
         self.write_by_identity = RateLimiter(write_rate / workers, write_burst, clock=clock)
         self.auth_failures = FailureBackoff(clock=clock)
 
+    def adopt(self, other: Limits) -> None:
+        """Take over ``other``'s limits in place (a reload): buckets start full again."""
+        self.read = other.read
+        self.write_by_address = other.write_by_address
+        self.write_by_identity = other.write_by_identity
+        self.auth_failures = other.auth_failures
+
     def check_read(self, address: str) -> float:
         """Count a read from ``address``: 0.0 when allowed, else seconds to wait."""
         return self.read.take(address)

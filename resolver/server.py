@@ -19,6 +19,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import tempfile
 import time
 from multiprocessing.process import BaseProcess
@@ -27,12 +28,14 @@ import uvloop
 from aiohttp import web
 
 from registry import migrate
+from registry.errors import ConfigError
 from registry.store import Store, create_pool
 from resolver import api
 from resolver.app import (
     bootstrap,
     connection_handler,
     create_app,
+    limits_for,
     node_registry,
     tls_context,
 )
@@ -100,10 +103,12 @@ async def serve_worker(config: Config, dsn: str, stop: asyncio.Event) -> None:
     gc.set_threshold(50_000, 20, 100)
     servers = [await loop.create_server(protocol, sock=listening_socket(config.host, config.port))]
     log.info("worker %d serving on http://%s:%d", os.getpid(), config.host, config.port)
-    if config.tls:
+    context = tls_context(config) if config.tls else None
+    if context is not None:
         tls = listening_socket(config.host, config.tls_port)
-        servers.append(await loop.create_server(protocol, sock=tls, ssl=tls_context(config)))
+        servers.append(await loop.create_server(protocol, sock=tls, ssl=context))
         log.info("worker %d serving on https://%s:%d", os.getpid(), config.host, config.tls_port)
+    loop.add_signal_handler(signal.SIGHUP, reload, node, context)
     try:
         await stop.wait()
     finally:
@@ -115,6 +120,28 @@ async def serve_worker(config: Config, dsn: str, stop: asyncio.Event) -> None:
         aiohttp_server.pre_shutdown()  # idle keep-alive connections close now, not at the deadline
         await aiohttp_server.shutdown(GRACE_SECONDS)
         await runner.cleanup()
+
+
+def reload(node: api.Node, context: ssl.SSLContext | None) -> None:
+    """SIGHUP: re-read the configuration and apply what can change without a restart.
+
+    The log level and format, the per-client limits and the TLS certificate (new
+    handshakes use it; open connections keep theirs) change; a setting that is
+    invalid now leaves everything as it was, and says so in the log.
+    """
+    try:
+        fresh = Config.from_env()
+        if context is not None and fresh.tls_cert is not None and fresh.tls_key is not None:
+            context.load_cert_chain(fresh.tls_cert, fresh.tls_key)
+    except ConfigError as exc:
+        log.error("reload refused: %s", exc.message)
+        return
+    except (OSError, ssl.SSLError) as exc:
+        log.error("reload refused: IDNODE_TLS_CERT, IDNODE_TLS_KEY: cannot load them (%s)", exc)
+        return
+    configure_logging(fresh)
+    node.authn.limits.adopt(limits_for(fresh))
+    log.info("worker %d reloaded its configuration", os.getpid())
 
 
 def _run_worker(config: Config, dsn: str) -> None:
@@ -177,9 +204,16 @@ def _supervise(config: Config, dsn: str) -> int:
         nonlocal stopping
         stopping = True
 
+    def on_hangup(signum: int, frame: object) -> None:
+        for proc in workers:
+            if proc.is_alive() and proc.pid is not None:
+                os.kill(proc.pid, signal.SIGHUP)  # each worker reloads (see ``reload``)
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     workers = [start() for _ in range(config.workers)]
+    signal.signal(signal.SIGHUP, on_hangup)
     try:
         while not stopping:
             time.sleep(0.2)
