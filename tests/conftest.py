@@ -11,9 +11,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import datetime
+import ipaddress
 import itertools
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -28,13 +31,17 @@ import aiohttp
 import asyncpg
 import pytest
 from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from registry import migrate
 from registry.keys import NodeKey, Sealer
 from registry.registry import Registry
 from registry.store import Store, create_pool
 from resolver.api import NODE
-from resolver.app import create_app, node_registry
+from resolver.app import create_app, node_registry, tls_context
 from resolver.config import Config
 from resolver.database import start_embedded
 from resolver.metrics import Metrics
@@ -184,24 +191,93 @@ class RunningNode:
         return f"{self.url}/api/handles/{handle}"
 
 
-@pytest.fixture
-async def node(db_url: str, tmp_path: Path, key_dir: Path) -> AsyncIterator[RunningNode]:
-    """The node's application served on a real loopback socket, and a client session."""
-    config = node_config(key_dir, port=free_port(), data_dir=tmp_path, database_url=db_url)
+@contextlib.asynccontextmanager
+async def running(
+    db_url: str,
+    data_dir: Path,
+    key_dir: Path,
+    *,
+    tls: tuple[Path, Path] | None = None,
+    **settings: Any,
+) -> AsyncIterator[RunningNode]:
+    """The node's application on a real loopback socket, and a cookie-less client session.
+
+    With ``tls`` (certificate, key) it is served over HTTPS as well, TLS is configured
+    (so plain HTTP refuses credentials), and the answer's URL and client are HTTPS ones
+    trusting that certificate.
+    """
+    https_port = free_port()
+    if tls is not None:
+        settings = {**settings, "tls_cert": tls[0], "tls_key": tls[1], "tls_port": https_port}
+    config = node_config(
+        key_dir, port=free_port(), data_dir=data_dir, database_url=db_url, **settings
+    )
     metrics = Metrics()
     app = create_app(config, db_url, metrics=metrics)
     runner = web.AppRunner(app)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", config.port)
-    await site.start()
+    await web.TCPSite(runner, "127.0.0.1", config.port).start()
+    url, trust = f"http://127.0.0.1:{config.port}", None
+    if tls is not None:
+        await web.TCPSite(runner, "127.0.0.1", https_port, ssl_context=tls_context(config)).start()
+        url, trust = f"https://127.0.0.1:{https_port}", ssl.create_default_context(cafile=tls[0])
     listener = app[NODE].listener
     if listener is not None:  # ready (and caching) before the test's first request
         await asyncio.wait_for(listener.connected.wait(), 30)
     try:
-        async with aiohttp.ClientSession() as session:
-            yield RunningNode(f"http://127.0.0.1:{config.port}", metrics, session)
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=trust if trust is not None else True),
+            cookie_jar=aiohttp.DummyCookieJar(),
+        ) as session:
+            yield RunningNode(url, metrics, session)
     finally:
         await runner.cleanup()
+
+
+@pytest.fixture
+async def node(db_url: str, tmp_path: Path, key_dir: Path) -> AsyncIterator[RunningNode]:
+    """The node's application served on a real loopback socket, and a client session."""
+    async with running(db_url, tmp_path, key_dir) as serving:
+        yield serving
+
+
+def make_certificate(directory: Path) -> tuple[Path, Path]:
+    """A self-signed EC P-256 certificate for 127.0.0.1 (SAN IP): (cert path, key path)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key_path.chmod(0o600)
+    return cert_path, key_path
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key, made once."""
+    return make_certificate(tmp_path_factory.mktemp("tls"))
 
 
 @contextlib.contextmanager

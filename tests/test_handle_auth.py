@@ -14,6 +14,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -21,7 +22,7 @@ import handle_client as hc
 import pytest
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, rsa
 
-from tests.conftest import URL_VALUE, RunningNode, Tenant, TenantFactory
+from tests.conftest import URL_VALUE, RunningNode, Tenant, TenantFactory, running
 
 ALL_PERMISSIONS = "111111111111"
 # Index 301 of every prefix record holds the node's own key, so test keys go elsewhere.
@@ -63,6 +64,21 @@ def keys() -> Keys:
         ec=ec.generate_private_key(ec.SECP256R1()),
         ed25519=ed25519.Ed25519PrivateKey.generate(),
     )
+
+
+@pytest.fixture(params=["http", "https"])
+async def any_node(
+    request: pytest.FixtureRequest,
+    db_url: str,
+    tmp_path: Path,
+    key_dir: Path,
+    tls_files: tuple[Path, Path],
+) -> AsyncIterator[RunningNode]:
+    """The node over plain HTTP, and over HTTPS with TLS configured (a self-signed certificate
+    made by the test), for the tests that walk every authentication method."""
+    tls = tls_files if request.param == "https" else None
+    async with running(db_url, tmp_path, key_dir, tls=tls) as serving:
+        yield serving
 
 
 @pytest.fixture
@@ -233,8 +249,10 @@ async def grant_key(
 
 
 async def test_session_lifecycle(
-    node: RunningNode, tenant: TenantFactory, http: aiohttp.ClientSession
+    any_node: RunningNode,
+    tenant: TenantFactory,
 ) -> None:
+    node, http = any_node, any_node.session
     t = await tenant()
     s = hc.HandleSession(http, node.url)
     started = await s.start()
@@ -286,9 +304,8 @@ async def test_session_can_be_authenticated_with_post(
 
 
 @pytest.mark.parametrize("alg", hc.SECKEY_ALGS)
-async def test_seckey_algorithms(
-    node: RunningNode, tenant: TenantFactory, http: aiohttp.ClientSession, alg: str
-) -> None:
+async def test_seckey_algorithms(any_node: RunningNode, tenant: TenantFactory, alg: str) -> None:
+    node, http = any_node, any_node.session
     t = await tenant()
     s = await new_session(http, node)
     assert_session_accepted(*await s.authenticate_seckey(t.identity, t.secret, alg), t.identity)
@@ -320,14 +337,14 @@ PUBKEY_CASES = [
 
 @pytest.mark.parametrize(("key_name", "alg", "fmt"), PUBKEY_CASES)
 async def test_pubkey_algorithms(
-    node: RunningNode,
+    any_node: RunningNode,
     tenant: TenantFactory,
-    http: aiohttp.ClientSession,
     keys: Keys,
     key_name: str,
     alg: str,
     fmt: str,
 ) -> None:
+    node, http = any_node, any_node.session
     t = await tenant()
     key = keys.named(key_name)
     identity = await grant_key(http, node, t, key, fmt)
@@ -389,8 +406,10 @@ async def test_pubkey_identity_index_zero_tries_every_key(
 
 
 async def test_challenge_then_answered_write(
-    node: RunningNode, tenant: TenantFactory, http: aiohttp.ClientSession
+    any_node: RunningNode,
+    tenant: TenantFactory,
 ) -> None:
+    node, http = any_node, any_node.session
     t = await tenant()
     handle = t.handle("one-shot")
     r = await write(http, node, handle, None)

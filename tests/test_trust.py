@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
-import datetime
-import ipaddress
 import itertools
 import json
 import logging
@@ -36,22 +33,16 @@ import aiohttp
 import asyncpg
 import handle_client as hc
 import pytest
-from aiohttp import web
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
-from resolver.app import create_app
-from resolver.metrics import Metrics
 from tests.conftest import (
     URL_VALUE,
     RunningNode,
     Tenant,
     TenantFactory,
     free_port,
-    node_config,
+    make_certificate,
     run_idnode,
+    running,
     served,
 )
 
@@ -134,59 +125,6 @@ def rejections(node: RunningNode, reason: str) -> float:
         "idnode_security_rejections_total", {"reason": reason}
     )
     return value or 0.0
-
-
-@contextlib.asynccontextmanager
-async def running(
-    db_url: str, data_dir: Path, key_dir: Path, **settings: Any
-) -> AsyncIterator[RunningNode]:
-    """The node's application on a loopback socket, like conftest's ``node``, with
-    ``settings`` (rate limits, back-off, session idle time) applied."""
-    config = node_config(
-        key_dir, port=free_port(), data_dir=data_dir, database_url=db_url, **settings
-    )
-    metrics = Metrics()
-    runner = web.AppRunner(create_app(config, db_url, metrics=metrics))
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", config.port).start()
-    try:
-        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
-            yield RunningNode(f"http://127.0.0.1:{config.port}", metrics, session)
-    finally:
-        await runner.cleanup()
-
-
-def make_certificate(directory: Path) -> tuple[Path, Path]:
-    """A self-signed EC P-256 certificate for 127.0.0.1 (SAN IP): (cert path, key path)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    key_path.chmod(0o600)
-    return cert_path, key_path
 
 
 def wait_for_port(port: int, timeout: float = 10.0) -> None:
