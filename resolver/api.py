@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -45,6 +45,15 @@ MAX_PAGE_SIZE = 10000
 HANDLE_TEXT = web.RequestKey("handle_text", str)
 
 
+@dataclass(slots=True)
+class Startup:
+    """How far the process got bringing the node up (see ``resolver.app.bring_up``)."""
+
+    done: bool = False
+    problem: str = "starting"
+    attempts: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class Node:
     """What the handlers need, built once per process."""
@@ -57,6 +66,7 @@ class Node:
     listener: Listener | None = None
     cache: Cache | None = None
     config: Config = Config()
+    startup: Startup = field(default_factory=Startup)
 
 
 NODE = web.AppKey("node", Node)

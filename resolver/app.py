@@ -12,6 +12,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import asyncpg
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
@@ -29,6 +30,7 @@ from registry.errors import (
     ProtocolError,
     RateLimited,
     RequestTimeout,
+    ServerTooBusy,
 )
 from registry.keys import NodeKey, Sealer
 from registry.registry import Clock, Registry
@@ -48,6 +50,10 @@ from resolver.pipeline import CacheStage, Stage, StoreStage
 log = logging.getLogger("idnode")
 security_log = logging.getLogger("idnode.security")
 POOL_CLOSE_SECONDS = 5.0
+STARTUP_WAIT_SECONDS = 10.0
+"""How long start-up waits for the database before serving 503s that say why."""
+STARTUP_RETRY_MAX = 10.0
+"""Longest pause between attempts to reach the database at start-up."""
 WRITE_METHODS = frozenset({"PUT", "POST", "DELETE", "PATCH"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -170,6 +176,8 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
     endpoint = request.match_info.route.name or "other"
     request[REQUEST_ID] = request_id = _request_id(request)
     try:
+        if not node.startup.done and endpoint not in UNLIMITED_ENDPOINTS:
+            raise ServerTooBusy(f"the node is starting: {node.startup.problem}")
         if request.method in ("GET", "HEAD") and endpoint not in UNLIMITED_ENDPOINTS:
             wait = node.authn.limits.check_read(request.remote or "")
             if wait > 0:
@@ -244,6 +252,9 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     node = request.app[api.NODE]
+    if not node.startup.done:
+        reason = f"starting: {node.startup.problem}"
+        return api.json_response({"status": "unavailable", "reason": reason}, 503)
     try:
         await node.store.ping()
         async with node.store.pool.acquire() as conn:
@@ -328,6 +339,39 @@ async def bootstrap(config: Config, registry: Registry) -> None:
     log.info("bootstrap prefix %s homed", prefix)
 
 
+async def bring_up(
+    config: Config, registry: Registry, startup: api.Startup, *, first: bool
+) -> None:
+    """Migrate, home the bootstrap prefix (first worker only) and publish the node's key,
+    retrying with back-off while the database cannot be reached; ``startup`` says how it goes.
+
+    Every worker runs this (migrations are advisory-locked, publishing is idempotent), so
+    a node whose database is down at start-up comes up when it is back.
+    """
+    delay = 0.25
+    while True:
+        startup.attempts += 1
+        try:
+            async with registry.store.pool.acquire() as conn:
+                await migrate.migrate(conn)
+            if first:
+                await bootstrap(config, registry)
+            await registry.publish_node_key()
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            problem = f"{type(exc).__name__}: {exc}"
+        except ClientError as exc:
+            problem = exc.message
+        else:
+            startup.done, startup.problem = True, ""
+            if startup.attempts > 1:
+                log.info("database reachable; node ready after %d attempts", startup.attempts)
+            return
+        startup.problem = f"waiting for the database ({problem}); attempt {startup.attempts}"
+        log.warning("start-up: %s; retrying in %.1f s", startup.problem, delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, STARTUP_RETRY_MAX)
+
+
 def create_app(
     config: Config,
     dsn: str,
@@ -335,15 +379,16 @@ def create_app(
     clock: Clock = time.time,
     monotonic: Clock = time.monotonic,
     metrics: Metrics | None = None,
+    first_worker: bool = True,
 ) -> web.Application:
-    """The node's application; the database is opened and migrated at start-up."""
+    """The node's application. At start-up it migrates the database (and, in the first
+    worker, homes the bootstrap prefix); while the database is unreachable it serves
+    ``/healthz``, ``/metrics`` and 503s that say why, and keeps trying."""
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=[errors_and_metrics])
     metrics = metrics or Metrics()
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        pool = await create_pool(dsn, max_size=config.db_pool_size)
-        async with pool.acquire() as conn:
-            await migrate.migrate(conn)
+        pool = await create_pool(dsn, min_size=0, max_size=config.db_pool_size)  # connects lazily
         store = Store(pool)
         registry = node_registry(config, store, clock=clock)
         sessions = Sessions(store, idle_seconds=config.session_idle_seconds, clock=clock)
@@ -367,12 +412,18 @@ def create_app(
             pipeline = CacheStage(pipeline, cache)
             listener = Listener(dsn, cache)
             listener.start()
-        app[api.NODE] = api.Node(store, registry, pipeline, metrics, authn, listener, cache, config)
+        startup = api.Startup()
+        app[api.NODE] = api.Node(
+            store, registry, pipeline, metrics, authn, listener, cache, config, startup
+        )
         flusher = asyncio.create_task(_flush_metrics(metrics))
+        starting = asyncio.create_task(bring_up(config, registry, startup, first=first_worker))
+        await asyncio.wait({starting}, timeout=STARTUP_WAIT_SECONDS)  # then serve: 503s say why
         yield
-        flusher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await flusher
+        for task in (flusher, starting):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if listener is not None:
             await listener.stop()
         try:

@@ -30,7 +30,7 @@ from aiohttp.http import SERVER_SOFTWARE
 
 from registry.errors import ClientError, RequestTimeout
 from registry.handle import Handle, decode_path, parse
-from resolver.api import error_document
+from resolver.api import Startup, error_document
 from resolver.cache import Cache, Entry
 from resolver.limits import Limits
 from resolver.metrics import Metrics
@@ -100,7 +100,10 @@ class FastPath:
         metrics: Metrics,
         limits: Limits | None = None,
         header_timeout: float = 10.0,
+        startup: Startup | None = None,
     ) -> None:
+        self.startup = startup or Startup(done=True)
+        """Until the node is up, aiohttp answers everything (503s that say why)."""
         self.header_timeout = header_timeout
         """Seconds a client may take to send a request head once it started one."""
         self.cache = cache
@@ -162,6 +165,8 @@ class FastPath:
 
         None when aiohttp must answer (the target is not a handle it can parse here).
         """
+        if not self.startup.done:
+            return None
         started = time.perf_counter()
         now = self._now()
         memo = self._memo.get(req.target)

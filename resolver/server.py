@@ -27,16 +27,12 @@ from multiprocessing.process import BaseProcess
 import uvloop
 from aiohttp import web
 
-from registry import migrate
 from registry.errors import ConfigError
-from registry.store import Store, create_pool
 from resolver import api
 from resolver.app import (
-    bootstrap,
     connection_handler,
     create_app,
     limits_for,
-    node_registry,
     tls_context,
 )
 from resolver.config import Config
@@ -46,19 +42,6 @@ from resolver.metrics import MULTIPROCESS_ENV, Metrics
 
 log = logging.getLogger("idnode")
 GRACE_SECONDS = 10.0
-
-
-async def prepare(config: Config, dsn: str) -> None:
-    """Apply migrations and home the bootstrap prefix, once, before any worker starts."""
-    pool = await create_pool(dsn, max_size=1)
-    try:
-        async with pool.acquire() as conn:
-            await migrate.migrate(conn)
-        registry = node_registry(config, Store(pool))
-        await bootstrap(config, registry)
-        await registry.publish_node_key()
-    finally:
-        await pool.close()
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -73,10 +56,15 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def serve_worker(config: Config, dsn: str, stop: asyncio.Event) -> None:
-    """Serve until ``stop`` is set, then shut down gracefully."""
+async def serve_worker(
+    config: Config, dsn: str, stop: asyncio.Event, *, first: bool = True
+) -> None:
+    """Serve until ``stop`` is set, then shut down gracefully.
+
+    ``first``: this worker homes the bootstrap prefix (once, however many workers).
+    """
     metrics = Metrics(multiprocess=MULTIPROCESS_ENV in os.environ)
-    app = create_app(config, dsn, metrics=metrics)
+    app = create_app(config, dsn, metrics=metrics, first_worker=first)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     node = app[api.NODE]
@@ -84,7 +72,14 @@ async def serve_worker(config: Config, dsn: str, stop: asyncio.Event) -> None:
     aiohttp_server = runner.server
     assert aiohttp_server is not None
     fast = (
-        FastPath(node.cache, node.pipeline, metrics, node.authn.limits, config.header_timeout)
+        FastPath(
+            node.cache,
+            node.pipeline,
+            metrics,
+            node.authn.limits,
+            config.header_timeout,
+            node.startup,
+        )
         if node.cache is not None
         else None
     )
@@ -144,7 +139,7 @@ def reload(node: api.Node, context: ssl.SSLContext | None) -> None:
     log.info("worker %d reloaded its configuration", os.getpid())
 
 
-def _run_worker(config: Config, dsn: str) -> None:
+def _run_worker(config: Config, dsn: str, first: bool = True) -> None:
     """A worker process's main: serve until SIGTERM or SIGINT."""
     configure_logging(config)
 
@@ -153,18 +148,17 @@ def _run_worker(config: Config, dsn: str) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await serve_worker(config, dsn, stop)
+        await serve_worker(config, dsn, stop, first=first)
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(main())
 
 
 def run(config: Config, dsn: str) -> int:
-    """Prepare, then serve with ``config.workers`` processes; answers the exit status."""
+    """Serve with ``config.workers`` processes (each brings the node up, retrying while the
+    database is unreachable); answers the exit status."""
     if config.tls:
         tls_context(config)  # a bad certificate or key stops start-up here, once
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(prepare(config, dsn))
     print(
         f"idnode: serving on http://{config.host}:{config.port} with {config.workers} worker(s)",
         flush=True,
@@ -195,8 +189,8 @@ def _supervise(config: Config, dsn: str) -> int:
     ctx = multiprocessing.get_context("spawn")
     stopping = False
 
-    def start() -> BaseProcess:
-        proc = ctx.Process(target=_run_worker, args=(config, dsn), daemon=False)
+    def start(first: bool) -> BaseProcess:
+        proc = ctx.Process(target=_run_worker, args=(config, dsn, first), daemon=False)
         proc.start()
         return proc
 
@@ -212,7 +206,7 @@ def _supervise(config: Config, dsn: str) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    workers = [start() for _ in range(config.workers)]
+    workers = [start(n == 0) for n in range(config.workers)]
     signal.signal(signal.SIGHUP, on_hangup)
     try:
         while not stopping:
@@ -221,7 +215,7 @@ def _supervise(config: Config, dsn: str) -> int:
                 if not proc.is_alive() and not stopping:
                     log.error("worker %s exited with %s; starting another", proc.pid, proc.exitcode)
                     Metrics.worker_gone(proc.pid)
-                    workers[n] = start()
+                    workers[n] = start(n == 0)
     finally:
         for proc in workers:
             if proc.is_alive() and proc.pid is not None:

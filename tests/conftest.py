@@ -198,13 +198,15 @@ async def running(
     key_dir: Path,
     *,
     tls: tuple[Path, Path] | None = None,
+    ready: bool = True,
     **settings: Any,
 ) -> AsyncIterator[RunningNode]:
     """The node's application on a real loopback socket, and a cookie-less client session.
 
     With ``tls`` (certificate, key) it is served over HTTPS as well, TLS is configured
     (so plain HTTP refuses credentials), and the answer's URL and client are HTTPS ones
-    trusting that certificate.
+    trusting that certificate. ``ready``: wait until it listens for changes (its database
+    is up) before answering.
     """
     https_port = free_port()
     if tls is not None:
@@ -222,7 +224,7 @@ async def running(
         await web.TCPSite(runner, "127.0.0.1", https_port, ssl_context=tls_context(config)).start()
         url, trust = f"https://127.0.0.1:{https_port}", ssl.create_default_context(cafile=tls[0])
     listener = app[NODE].listener
-    if listener is not None:  # ready (and caching) before the test's first request
+    if ready and listener is not None:  # ready (and caching) before the first request
         await asyncio.wait_for(listener.connected.wait(), 30)
     try:
         async with aiohttp.ClientSession(
