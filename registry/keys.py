@@ -271,7 +271,7 @@ def seckey_answer(
 def _create_exclusively(path: Path, content: bytes) -> None:
     """Write ``path`` (mode 600) unless it exists; safe when several processes race."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(6).hex()}.tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.write(fd, content)
