@@ -35,8 +35,8 @@ background:#f5f7fa}
 main{max-width:56rem;margin:0 auto;padding:1rem}
 h1{font-size:1.3rem;word-break:break-all}
 table{border-collapse:collapse;width:100%;background:#fff}
-th,td{text-align:left;padding:.5rem;border-bottom:1px solid #dde3ea;vertical-align:top;
-word-break:break-word}
+th,td{text-align:left;padding:.5rem;border-bottom:1px solid #dde3ea;vertical-align:top}
+td:nth-child(3){overflow-wrap:anywhere}
 th{font-size:.8rem;color:#5a6b7d;text-transform:uppercase}
 form{display:flex;gap:.5rem;flex-wrap:wrap}
 input[type=text]{flex:1 1 16rem;padding:.6rem;font-size:1rem}
