@@ -339,6 +339,10 @@ async def bootstrap(config: Config, registry: Registry) -> None:
     log.info("bootstrap prefix %s homed", prefix)
 
 
+class NotReady(Exception):
+    """Start-up must wait for something another process does."""
+
+
 async def bring_up(
     config: Config, registry: Registry, startup: api.Startup, *, first: bool
 ) -> None:
@@ -356,17 +360,23 @@ async def bring_up(
                 await migrate.migrate(conn)
             if first:
                 await bootstrap(config, registry)
+            elif config.bootstrap_prefix and not await registry.store.is_homed(
+                config.bootstrap_prefix
+            ):
+                raise NotReady("the first worker has not homed the bootstrap prefix yet")
             await registry.publish_node_key()
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            problem = f"{type(exc).__name__}: {exc}"
+            problem = f"waiting for the database ({type(exc).__name__}: {exc})"
         except ClientError as exc:
-            problem = exc.message
+            problem = f"waiting for the database ({exc.message})"
+        except NotReady as exc:
+            problem = f"waiting: {exc}"
         else:
             startup.done, startup.problem = True, ""
             if startup.attempts > 1:
                 log.info("database reachable; node ready after %d attempts", startup.attempts)
             return
-        startup.problem = f"waiting for the database ({problem}); attempt {startup.attempts}"
+        startup.problem = f"{problem}; attempt {startup.attempts}"
         log.warning("start-up: %s; retrying in %.1f s", startup.problem, delay)
         await asyncio.sleep(delay)
         delay = min(delay * 2, STARTUP_RETRY_MAX)
