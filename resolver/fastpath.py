@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import weakref
 from collections.abc import Callable
@@ -51,6 +52,10 @@ _SLOW_HEADERS = frozenset(
     {b"authorization", b"content-length", b"transfer-encoding", b"expect", b"upgrade", b"cookie"}
 )
 _REASONS = {200: b"OK", 304: b"Not Modified", 400: b"Bad Request", 404: b"Not Found"}
+
+
+Parts = tuple[bytes, bytes]
+"""A response cut where its ``X-Request-Id`` value goes."""
 
 
 class Request(NamedTuple):
@@ -114,7 +119,10 @@ class FastPath:
         self.connections: weakref.WeakSet[FastProtocol] = weakref.WeakSet()
         self._second = 0
         self._date = b""
-        self._memo: dict[bytes, tuple[str, Entry, int, bytes]] = {}
+        self._memo: dict[bytes, tuple[str, Entry, int, Parts]] = {}
+        self._id_prefix = os.urandom(4).hex().encode() + b"-"
+        """Request ids of fast answers: a per-process prefix and a counter (cheap, unique)."""
+        self._served = 0
         self._count_200 = metrics.requests.labels("http-fast", "resolve", "200")
         self._duration = metrics.request_duration.labels("http-fast", "resolve")
 
@@ -125,15 +133,20 @@ class FastPath:
             self._date = formatdate(now, usegmt=True).encode()
         return now
 
-    def _response(self, status: int, body: bytes, extra: bytes, method: bytes) -> bytes:
+    def _response(self, status: int, body: bytes, extra: bytes, method: bytes) -> Parts:
         head = (
             b"HTTP/1.1 %d %s\r\nContent-Length: %d\r\nContent-Type: application/json\r\n%s"
-            b"Date: %s\r\nServer: %s\r\n\r\n"
+            b"Date: %s\r\nServer: %s\r\nX-Request-Id: "
             % (status, _REASONS.get(status, b"Error"), len(body), extra, self._date, self.server)
         )
-        return head if method == b"HEAD" else head + body
+        return head, b"\r\n\r\n" if method == b"HEAD" else b"\r\n\r\n" + body
 
-    def _answer(self, req: Request, text: str, entry: Entry) -> bytes:
+    def _stamped(self, parts: Parts) -> bytes:
+        """The response bytes with this request's own ``X-Request-Id``."""
+        self._served += 1
+        return parts[0] + b"%s%x" % (self._id_prefix, self._served) + parts[1]
+
+    def _answer(self, req: Request, text: str, entry: Entry) -> Parts:
         """The response to a plain resolution of ``text`` given its entry."""
         error = unanswerable(entry, text)
         if error is not None:
@@ -141,15 +154,12 @@ class FastPath:
         extra = b"ETag: %s\r\nCache-Control: max-age=%d\r\n" % (entry.etag.encode(), entry.max_age)
         if req.etags is not None and etag_matches(req.etags.decode("latin-1"), entry.etag):
             self._count(304)
-            return b"HTTP/1.1 304 Not Modified\r\n%sDate: %s\r\nServer: %s\r\n\r\n" % (
-                extra,
-                self._date,
-                self.server,
-            )
+            head = b"HTTP/1.1 304 Not Modified\r\n%sDate: %s\r\nServer: %s\r\nX-Request-Id: "
+            return head % (extra, self._date, self.server), b"\r\n\r\n"
         self._count(200)
         return self._response(200, public_body(text, entry), extra, req.method)
 
-    def _error(self, req: Request, exc: ClientError) -> bytes:
+    def _error(self, req: Request, exc: ClientError) -> Parts:
         status, body = error_document(exc, exc.handle or "", write=False)
         self._count(status)
         return self._response(status, body, b"", req.method)
@@ -175,7 +185,7 @@ class FastPath:
             if second == now and self.cache.fresh(key) is memo_entry:
                 self._count_200.inc()
                 self._duration.observe(time.perf_counter() - started)
-                return ready
+                return self._stamped(ready)
         try:
             text = decode_path(req.target[len(API_PATH) :].decode("ascii"))
             h = parse(text)
@@ -190,7 +200,7 @@ class FastPath:
                 self._memo.clear()
             self._memo[req.target] = (h.key, entry, now, response)
         self._duration.observe(time.perf_counter() - started)
-        return response
+        return self._stamped(response)
 
     def answer_resolved(
         self, req: Request, h: Handle, resolved: asyncio.Future[Entry], started: float
@@ -201,10 +211,10 @@ class FastPath:
             return None  # aiohttp repeats the work and answers (and logs) the failure
         self._now()
         if isinstance(exc, ClientError):
-            return self._error(req, exc)
+            return self._stamped(self._error(req, exc))
         response = self._answer(req, h.text, resolved.result())
         self._duration.observe(time.perf_counter() - started)
-        return response
+        return self._stamped(response)
 
 
 class FastProtocol(asyncio.Protocol):

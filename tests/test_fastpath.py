@@ -124,6 +124,11 @@ async def test_fast_answers_are_the_aiohttp_answer(port: int, tenant: TenantFact
     assert miss.body == hit.body == slow.body
     for name in ("content-type", "etag", "cache-control", "content-length", "server"):
         assert miss.headers[name] == hit.headers[name] == slow.headers[name], name
+    # every answer has its own request id, fast or not
+    ids = [r.headers["x-request-id"] for r in (miss, hit, slow)]
+    assert len(set(ids)) == 3 and all(ids), ids
+    (again,) = await exchange(port, get(path), 1)  # from the memo of ready answers
+    assert again.body == hit.body and again.headers["x-request-id"] not in ids
     absent = f"/api/handles/{t.handle('absent')}"
     (fast_404,) = await exchange(port, get(absent), 1)
     (slow_404,) = await exchange(port, get(absent, "Cookie: a=b"), 1)
