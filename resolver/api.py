@@ -30,6 +30,7 @@ from registry.errors import (
     UnsupportedMediaType,
     ValuesNotFound,
 )
+from registry.permissions import Perm
 from registry.registry import Registry
 from registry.store import Store
 from resolver.authn import Authenticator
@@ -208,7 +209,14 @@ async def list_handles(request: web.Request) -> web.Response:
     hs.check_prefix(prefix)
     page = _int_param(query, "page", 0, 2**31)
     size = _int_param(query, "pageSize", DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+    who = await node.authn.caller(request)
     await node.store.require_homed(prefix, prefix)
+    # a manufacturer's identifiers are listed only to its admins (LIST_HANDLES on 0.NA/<prefix>)
+    record_handle = hs.prefix_record(prefix)
+    record = await node.store.get(record_handle)
+    await node.registry.authority.require(
+        who, record_handle, [Perm.LIST_HANDLES], record.values if record else None
+    )
     total = await node.store.count_handles(prefix)
     handles = await node.store.list_handles(prefix, page * size, size) if size else []
     return json_response(

@@ -110,17 +110,19 @@ async def test_list_and_paging(node: RunningNode, tenant: TenantFactory) -> None
     t = await tenant()
     for n in range(5):
         await put(node, t, t.handle(f"item{n}"), [URL_VALUE])
-    async with node.session.get(f"{node.url}/api/handles", params={"prefix": t.prefix}) as r:
+    async with node.session.get(
+        f"{node.url}/api/handles", params={"prefix": t.prefix}, headers=t.auth
+    ) as r:
         body = await r.json()
     assert body["totalCount"] == "5"
     assert body["handles"] == [t.handle(f"item{n}") for n in range(5)]
     params = {"prefix": t.prefix, "page": "1", "pageSize": "2"}
-    async with node.session.get(f"{node.url}/api/handles", params=params) as r:
+    async with node.session.get(f"{node.url}/api/handles", params=params, headers=t.auth) as r:
         body = await r.json()
     assert body["handles"] == [t.handle("item2"), t.handle("item3")]
     assert (body["page"], body["pageSize"], body["totalCount"]) == (1, 2, "5")
     params = {"prefix": t.prefix, "pageSize": "0"}
-    async with node.session.get(f"{node.url}/api/handles", params=params) as r:
+    async with node.session.get(f"{node.url}/api/handles", params=params, headers=t.auth) as r:
         body = await r.json()
     assert body["totalCount"] == "5" and body["handles"] == []
 

@@ -94,7 +94,9 @@ async def get(
 async def snapshot(node: RunningNode, store: Store, t: Tenant, suffix: str) -> Snapshot:
     """What the owner reads through the API, the row in PostgreSQL, and the prefix listing."""
     status, body, _ = await get(node, t.handle(suffix), t.auth)
-    async with node.session.get(f"{node.url}/api/handles", params={"prefix": t.prefix}) as r:
+    async with node.session.get(
+        f"{node.url}/api/handles", params={"prefix": t.prefix}, headers=t.auth
+    ) as r:
         listed = list((await r.json())["handles"])
     return status, body, await store.get(hs.parse(t.handle(suffix))), listed
 
@@ -690,3 +692,26 @@ async def test_refused_writes_do_not_probe_values(
     else:
         _forbidden(await op.send(node, t.prefix, other.auth))
     assert await snapshot(node, store, t, "priv") == before
+
+
+async def test_listing_is_for_the_prefix_admins_only(
+    node: RunningNode, tenant: TenantFactory
+) -> None:
+    """A manufacturer's identifiers are not listed to anonymous callers or competitors."""
+    mine, theirs = await tenant(), await tenant()
+    async with node.session.put(
+        node.api(mine.handle("listed")), json=[URL_VALUE], headers=mine.auth
+    ) as r:
+        assert r.status == 201
+    url = f"{node.url}/api/handles"
+    async with node.session.get(url, params={"prefix": mine.prefix}) as r:
+        body = await r.json()
+        assert r.status == 401 and body["responseCode"] == 402
+        assert "listed" not in str(body)
+    async with node.session.get(url, params={"prefix": mine.prefix}, headers=theirs.auth) as r:
+        body = await r.json()
+        assert r.status == 403 and body["responseCode"] == 400
+        assert "listed" not in str(body)
+    async with node.session.get(url, params={"prefix": mine.prefix}, headers=mine.auth) as r:
+        assert r.status == 200
+        assert (await r.json())["handles"] == [mine.handle("listed")]

@@ -61,7 +61,7 @@ async def snapshot(node: RunningNode, store: Store, t: Tenant, handle: str) -> S
 
 async def listing(node: RunningNode, t: Tenant) -> list[str]:
     params = {"prefix": t.prefix}
-    async with node.session.get(f"{node.url}/api/handles", params=params) as r:
+    async with node.session.get(f"{node.url}/api/handles", params=params, headers=t.auth) as r:
         assert r.status == 200
         return list((await r.json())["handles"])
 

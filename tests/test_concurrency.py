@@ -17,7 +17,9 @@ async def test_burst_of_writes_completes(node: RunningNode, tenant: TenantFactor
 
     statuses = await asyncio.wait_for(asyncio.gather(*(put(n) for n in range(60))), 30)
     assert statuses == [201] * 60
-    async with node.session.get(f"{node.url}/api/handles", params={"prefix": t.prefix}) as r:
+    async with node.session.get(
+        f"{node.url}/api/handles", params={"prefix": t.prefix}, headers=t.auth
+    ) as r:
         assert (await r.json())["totalCount"] == "60"
     async with node.session.get(f"{node.url}/readyz") as r:
         assert r.status == 200

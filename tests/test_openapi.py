@@ -361,7 +361,9 @@ async def test_real_listings_match_the_document(node: RunningNode, tenant: Tenan
     t = await tenant()
     async with node.session.put(node.api(t.handle("l1")), json=[URL_VALUE], headers=t.auth) as r:
         assert r.status == 201
-    async with node.session.get(f"{node.url}/api/handles", params={"prefix": t.prefix}) as r:
+    async with node.session.get(
+        f"{node.url}/api/handles", params={"prefix": t.prefix}, headers=t.auth
+    ) as r:
         body = await check_answer(r, "/api/handles", "get", 200)
     assert body["totalCount"] == "1" and body["handles"] == [t.handle("l1")]
     async with node.session.get(f"{node.url}/api/handles") as r:
