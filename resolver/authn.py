@@ -194,9 +194,7 @@ class Authenticator:
         if IDENTITY in request:
             return request[IDENTITY]  # type: ignore[return-value]
         if needs_identity:  # charged before any secret is checked: guessing costs budget
-            wait = self.limits.write_by_address.take(request.remote or "")
-            if wait > 0:
-                raise RateLimited("too many writes from this client", wait)
+            self._charge(request, "writes")
         who = await self._identify(request)
         request[IDENTITY] = who
         if needs_identity and who is not None:
@@ -322,14 +320,22 @@ class Authenticator:
 
     # --- /api/sessions ---------------------------------------------------------------------
 
-    async def create_session(self, request: web.Request) -> web.Response:
-        self.security.check(request, needs_identity=True)
+    def _charge(self, request: web.Request, what: str) -> None:
+        """Count a write-like request against its client address's budget (429 when spent)."""
         wait = self.limits.write_by_address.take(request.remote or "")
         if wait > 0:
-            raise RateLimited("too many new sessions from this client", wait)
-        header = request.headers.get("Authorization", "")
-        scheme, _, rest = header.strip().partition(" ")
-        params = parse_handle_params(rest) if scheme.lower() == "handle" else {}
+            raise RateLimited(f"too many {what} from this client", wait)
+
+    def _session_request(self, request: web.Request) -> dict[str, str] | None:
+        """The ``Authorization: Handle`` parameters of a session request (None: no such header),
+        after the transport rules and the client's budget allowed it."""
+        self.security.check(request, needs_identity=True)
+        self._charge(request, "session requests")
+        scheme, _, rest = request.headers.get("Authorization", "").strip().partition(" ")
+        return parse_handle_params(rest) if scheme.lower() == "handle" else None
+
+    async def create_session(self, request: web.Request) -> web.Response:
+        params = self._session_request(request) or {}
         session = await self.sessions.create()
         challenge = self._signed(session, params) if "cnonce" in params else Challenge(session)
         return _session_response(challenge, 201, {"Location": "/api/sessions/this"})
@@ -349,15 +355,10 @@ class Authenticator:
         return await self.authenticate_session(request)
 
     async def end_session(self, request: web.Request) -> web.Response:
-        self.security.check(request, needs_identity=True)
-        wait = self.limits.write_by_address.take(request.remote or "")
-        if wait > 0:
-            raise RateLimited("too many session requests from this client", wait)
-        header = request.headers.get("Authorization", "")
-        scheme, _, rest = header.strip().partition(" ")
-        if scheme.lower() != "handle":
+        params = self._session_request(request)
+        if params is None:
             raise AuthenticationNeeded('name a session: Authorization: Handle sessionId="…"')
-        session = await self._session(parse_handle_params(rest))
+        session = await self._session(params)
         await self.sessions.delete(session.id)
         return web.Response(status=204)
 
