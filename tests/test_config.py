@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from collections.abc import Callable
 from dataclasses import fields
@@ -212,3 +213,16 @@ def test_cli_config_show_redacts(cli: Cli) -> None:
     assert "DATABASE_URL=(set, redacted)" in result.stdout
     assert "IDNODE_BOOTSTRAP_PREFIX=88.300.0    # from IDNODE_BOOTSTRAP_PREFIX:" in result.stdout
     assert "IDNODE_CACHE_MAX_AGE=3600    # from default:" in result.stdout
+
+
+def test_readme_documents_every_setting_with_its_default() -> None:
+    """The README's configuration table lists exactly the settings, each with its default."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text("utf-8")
+    rows = dict(re.findall(r"^\| `((?:IDNODE_|DATABASE_URL)\w*)` \| ([^|]+) \|", readme, re.M))
+    assert set(rows) == {s.env for s in SETTINGS.values()}
+    for setting in SETTINGS.values():
+        shown = rows[setting.env].strip()
+        if setting.default is None:
+            assert shown.startswith(("unset", "the core count")), (setting.env, shown)
+        else:
+            assert shown == f"`{setting.default}`", (setting.env, shown)
