@@ -87,6 +87,7 @@ async def challenged(request: web.Request, exc: AuthenticationNeeded) -> web.Res
     response.headers.add("WWW-Authenticate", 'Basic realm="handle"')
     if challenge is not None:
         response.headers.add("WWW-Authenticate", challenge.header())
+        challenge.set_cookie(response, secure=request.secure)
     return response
 
 

@@ -44,6 +44,8 @@ from registry.keys import NodeKey, Pbkdf2Params
 from registry.sessions import Session, Sessions
 from resolver.limits import Limits
 
+SESSION_COOKIE = "JSESSIONID"
+"""The cookie that also names a session (HANDLE.NET's servlet sessions use it)."""
 MAX_PARAM_CHARS = 4096
 """Longest auth-param value accepted (an RSA-8192 signature is 1,366 base64 characters)."""
 IDENTITY = web.RequestKey("identity", object)
@@ -68,7 +70,8 @@ class Security:
 
     def check(self, request: web.Request, *, needs_identity: bool) -> None:
         """403 for writes, sessions and credentials over plain HTTP when TLS is configured."""
-        if not needs_identity and "Authorization" not in request.headers:
+        credentials = "Authorization" in request.headers or SESSION_COOKIE in request.cookies
+        if not needs_identity and not credentials:
             return
         if not self.allows_credentials(request):
             raise InsufficientPermissions(
@@ -151,6 +154,17 @@ class Challenge:
             parts.append(f"serverSignature={_quote(signature)}")
         return "Handle " + ", ".join(parts)
 
+    def set_cookie(self, response: web.StreamResponse, *, secure: bool) -> None:
+        """Name the session in a ``JSESSIONID`` cookie too, for clients that keep cookies."""
+        response.set_cookie(
+            SESSION_COOKIE,
+            self.session.id,
+            path="/",
+            httponly=True,
+            samesite="Strict",
+            secure=secure,
+        )
+
     def document(self) -> dict[str, Any]:
         body: dict[str, Any] = {
             "sessionId": self.session.id,
@@ -232,7 +246,7 @@ class Authenticator:
     async def _identify(self, request: web.Request) -> Identity | None:
         header = request.headers.get("Authorization")
         if header is None:
-            return None
+            return await self._from_cookie(request)
         scheme, _, rest = header.strip().partition(" ")
         if scheme.lower() == "basic":
             return await self._basic(request, rest)
@@ -241,6 +255,18 @@ class Authenticator:
         raise AuthenticationNeeded(
             f"authorization scheme {scheme[:20]!r} is not supported; use Basic or Handle"
         )
+
+    async def _from_cookie(self, request: web.Request) -> Identity | None:
+        """The session named by the ``JSESSIONID`` cookie, as HANDLE.NET's servlet sessions
+        work; an unknown or expired one is no session (the caller is anonymous)."""
+        session_id = request.cookies.get(SESSION_COOKIE)
+        if not session_id or len(session_id) > MAX_PARAM_CHARS:
+            return None
+        session = await self.sessions.get(session_id)
+        if session is None:
+            return None
+        request[CHALLENGE] = Challenge(session)
+        return _identity_of(session)
 
     async def _basic(self, request: web.Request, token: str) -> Identity:
         try:
@@ -266,6 +292,9 @@ class Authenticator:
     async def _handle(
         self, request: web.Request, header: str, params: dict[str, str]
     ) -> Identity | None:
+        cookie = request.cookies.get(SESSION_COOKIE)
+        if "sessionid" not in params and cookie:
+            params = {**params, "sessionid": cookie}
         version = params.get("version", "0")
         if version != "0":
             raise AuthenticationNeeded(f"Authorization: Handle version {version!r} is unknown")
@@ -338,7 +367,9 @@ class Authenticator:
         params = self._session_request(request) or {}
         session = await self.sessions.create()
         challenge = self._signed(session, params) if "cnonce" in params else Challenge(session)
-        return _session_response(challenge, 201, {"Location": "/api/sessions/this"})
+        return _session_response(
+            challenge, 201, {"Location": "/api/sessions/this"}, secure=request.secure
+        )
 
     async def authenticate_session(self, request: web.Request) -> web.Response:
         who = await self.caller(request, needs_identity=True)
@@ -349,18 +380,23 @@ class Authenticator:
                     "HTTP Basic needs no session; use Authorization: Handle with a sessionId"
                 )
             raise AuthenticationNeeded('name a session: Authorization: Handle sessionId="…"')
-        return _session_response(challenge, 200)
+        return _session_response(challenge, 200, secure=request.secure)
 
     async def show_session(self, request: web.Request) -> web.Response:
         return await self.authenticate_session(request)
 
     async def end_session(self, request: web.Request) -> web.Response:
-        params = self._session_request(request)
-        if params is None:
+        params = self._session_request(request) or {}
+        cookie = request.cookies.get(SESSION_COOKIE)
+        if "sessionid" not in params and cookie:
+            params = {**params, "sessionid": cookie}
+        if "sessionid" not in params:
             raise AuthenticationNeeded('name a session: Authorization: Handle sessionId="…"')
         session = await self._session(params)
         await self.sessions.delete(session.id)
-        return web.Response(status=204)
+        response = web.Response(status=204)
+        response.del_cookie(SESSION_COOKIE, path="/")
+        return response
 
 
 def _identity_key(who: Identity) -> str:
@@ -376,7 +412,11 @@ def _identity_of(session: Session) -> Identity | None:
 
 
 def _session_response(
-    challenge: Challenge, status: int, headers: dict[str, str] | None = None
+    challenge: Challenge,
+    status: int,
+    headers: dict[str, str] | None = None,
+    *,
+    secure: bool = False,
 ) -> web.Response:
     response = web.Response(
         body=orjson.dumps(challenge.document()),
@@ -385,6 +425,7 @@ def _session_response(
         headers=headers,
     )
     response.headers["WWW-Authenticate"] = challenge.header()
+    challenge.set_cookie(response, secure=secure)
     return response
 
 
