@@ -42,7 +42,7 @@ from resolver.authn import add_routes as authn_routes
 from resolver.cache import Cache
 from resolver.config import Config
 from resolver.invalidation import Listener
-from resolver.limits import FailureBackoff, Limits, RateLimiter, retry_after
+from resolver.limits import Limits, RateLimiter, retry_after
 from resolver.logs import access_log, sampled
 from resolver.metrics import Metrics
 from resolver.pipeline import CacheStage, Stage, StoreStage
@@ -296,15 +296,14 @@ def tls_context(config: Config) -> ssl.SSLContext:
 
 def limits_for(config: Config) -> Limits:
     """The per-client limits ``config`` asks for, shared out across its workers."""
-    limits = Limits(
+    return Limits(
         config.read_rate,
         config.read_burst,
         config.write_rate,
         config.write_burst,
         workers=config.workers,
+        backoff_ceiling=config.auth_backoff_max,
     )
-    limits.auth_failures = FailureBackoff(ceiling=config.auth_backoff_max)
-    return limits
 
 
 def node_registry(config: Config, store: Store, *, clock: Clock = time.time) -> Registry:

@@ -292,9 +292,7 @@ class Authenticator:
     async def _handle(
         self, request: web.Request, header: str, params: dict[str, str]
     ) -> Identity | None:
-        cookie = request.cookies.get(SESSION_COOKIE)
-        if "sessionid" not in params and cookie:
-            params = {**params, "sessionid": cookie}
+        params = _with_session_cookie(request, params)
         version = params.get("version", "0")
         if version != "0":
             raise AuthenticationNeeded(f"Authorization: Handle version {version!r} is unknown")
@@ -386,10 +384,7 @@ class Authenticator:
         return await self.authenticate_session(request)
 
     async def end_session(self, request: web.Request) -> web.Response:
-        params = self._session_request(request) or {}
-        cookie = request.cookies.get(SESSION_COOKIE)
-        if "sessionid" not in params and cookie:
-            params = {**params, "sessionid": cookie}
+        params = _with_session_cookie(request, self._session_request(request) or {})
         if "sessionid" not in params:
             raise AuthenticationNeeded('name a session: Authorization: Handle sessionId="…"')
         session = await self._session(params)
@@ -397,6 +392,14 @@ class Authenticator:
         response = web.Response(status=204)
         response.del_cookie(SESSION_COOKIE, path="/")
         return response
+
+
+def _with_session_cookie(request: web.Request, params: dict[str, str]) -> dict[str, str]:
+    """``params`` naming the ``JSESSIONID`` cookie's session when they name none."""
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if "sessionid" in params or not cookie:
+        return params
+    return {**params, "sessionid": cookie}
 
 
 def _identity_key(who: Identity) -> str:

@@ -313,12 +313,22 @@ class FastProtocol(asyncio.Protocol):
     def _watch_head(self) -> None:
         """A partial request head must complete within the header timeout (slow clients)."""
         if not self.buffer:
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-                self._head_timer = None
+            self._cancel_head_timer()
         elif self._head_timer is None:
             loop = asyncio.get_running_loop()
             self._head_timer = loop.call_later(self.fast.header_timeout, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _stop_timers(self) -> None:
+        """The connection is no longer this protocol's: its idle and head timers end."""
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        self._cancel_head_timer()
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
@@ -359,12 +369,7 @@ class FastProtocol(asyncio.Protocol):
             return
         transport, self.transport = self.transport, None
         self.buffer = b""
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        self._stop_timers()
         self.fast.connections.discard(self)
         handler = self.make_handler()
         transport.set_protocol(handler)
@@ -384,12 +389,7 @@ class FastProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        self._stop_timers()
 
     def close(self) -> None:
         if self.transport is not None:

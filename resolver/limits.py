@@ -272,6 +272,7 @@ class Limits:
         write_burst: float,
         *,
         workers: int = 1,
+        backoff_ceiling: float = 300.0,
         clock: Clock = time.monotonic,
     ) -> None:
         if workers < 1:
@@ -280,7 +281,7 @@ class Limits:
         write_burst = _share(write_burst, workers)
         self.write_by_address = RateLimiter(write_rate / workers, write_burst, clock=clock)
         self.write_by_identity = RateLimiter(write_rate / workers, write_burst, clock=clock)
-        self.auth_failures = FailureBackoff(clock=clock)
+        self.auth_failures = FailureBackoff(ceiling=backoff_ceiling, clock=clock)
 
     def adopt(self, other: Limits) -> None:
         """Take over ``other``'s limits in place (a reload): buckets start full again."""
