@@ -283,15 +283,22 @@ class Registry:
         if self.node_key is None:
             return 0
         changed = 0
+        fresh = self.node_key.value(self.timestamp())
+
+        def current(record: Record | None) -> bool:
+            """No record to publish into, or the key is there already."""
+            value = (
+                next((v for v in record.values if v.index == fresh.index), None) if record else None
+            )
+            return record is None or (value is not None and value.same_content(fresh))
+
         for prefix in await self.store.homed_prefixes():
             h = hs.prefix_record(prefix)
-            fresh = self.node_key.value(self.timestamp())
+            if current(await self.store.get(h)):  # the usual restart: no write, no lock
+                continue
             async with self.store.writing() as tx:
                 old = await tx.lock(h)
-                if old is None:
-                    continue
-                current = next((v for v in old.values if v.index == fresh.index), None)
-                if current is not None and current.same_content(fresh):
+                if old is None or current(old):
                     continue
                 kept = [v for v in old.values if v.index != fresh.index]
                 await tx.update(h, [*kept, fresh])

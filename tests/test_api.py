@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from registry import handle as hs
+from registry.keys import NODE_KEY_INDEX, NodeKey
+from registry.registry import Registry
+from registry.store import Store
 from tests.conftest import EMAIL_VALUE, URL_VALUE, RunningNode, Tenant, TenantFactory
 
 
@@ -202,3 +208,20 @@ async def test_reverse_lookup(node: RunningNode, tenant: TenantFactory) -> None:
     assert await search("URL=https://search.example/*&limit=1&page=1") == (200, [t.handle("s2")])
     status, body = await search("limit=5")
     assert status == 400 and body["responseCode"] == 4 and "search term" in body["message"]
+
+
+async def test_publishing_the_node_key_writes_only_what_changed(
+    registry: Registry, store: Store, tenant: TenantFactory, tmp_path: Path
+) -> None:
+    t = await tenant()
+    record = hs.prefix_record(t.prefix)
+    assert await registry.publish_node_key() == 0  # homed with this key: nothing to write
+    other = Registry(store, node_key=NodeKey.load_or_create(tmp_path / "other.pem"))
+    assert await other.publish_node_key() >= 1  # a new key replaces the published one
+    stored = await store.get(record)
+    assert stored is not None
+    published = next(v for v in stored.values if v.index == NODE_KEY_INDEX)
+    assert other.node_key is not None
+    assert published.same_content(other.node_key.value(published.timestamp))
+    assert await other.publish_node_key() == 0
+    assert await registry.publish_node_key() >= 1  # the shared database gets the node's key back
