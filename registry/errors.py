@@ -26,11 +26,18 @@ class ClientError(IdNodeError):
     http_status: ClassVar[int] = 400
 
     def __init__(
-        self, message: str | None = None, *, handle: str | None = None, index: int | None = None
+        self,
+        message: str | None = None,
+        *,
+        handle: str | None = None,
+        index: int | None = None,
+        details: list[dict[str, str]] | None = None,
     ) -> None:
         super().__init__(message)
         self.handle = handle
         self.index = index
+        self.details = details
+        """One entry per failing part (``field``, ``rule``, ``message``), answered as ``errors``."""
 
     def status_for(self, *, write: bool) -> int:
         """The HTTP status of this error on a read or on a write."""
@@ -101,6 +108,14 @@ class InvalidValue(ClientError):
     """Invalid value."""
 
     response_code = 202
+
+
+class TemplateViolation(InvalidValue):
+    """The record does not satisfy its prefix's data template."""
+
+
+class InvalidTemplate(ProtocolError):
+    """The data template is not a valid template."""
 
 
 class NotResponsible(ClientError):

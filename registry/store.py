@@ -158,6 +158,11 @@ class Transaction:
         self._conn = conn
         self.changed: set[str] = set()
 
+    @property
+    def conn(self) -> asyncpg.Connection:
+        """The transaction's connection, for set-based work (bulk writes, templates)."""
+        return self._conn
+
     async def get(self, h: Handle) -> Record | None:
         row = await self._conn.fetchrow(_GET, h.prefix_key, h.suffix_key)
         return _record(row) if row else None

@@ -85,7 +85,9 @@ def error_document(
         status, message = exc.status_for(write=write), exc.message
     else:
         status, message = exc.http_status, "internal server error"
-    body = {"responseCode": exc.response_code, "handle": handle, "message": message}
+    body: dict[str, Any] = {"responseCode": exc.response_code, "handle": handle, "message": message}
+    if isinstance(exc, ClientError) and exc.details:
+        body["errors"] = exc.details
     return status, orjson.dumps(body)
 
 

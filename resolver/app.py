@@ -36,7 +36,7 @@ from registry.keys import NodeKey, Sealer
 from registry.registry import Clock, Registry
 from registry.sessions import Sessions
 from registry.store import Store, create_pool
-from resolver import api, browser
+from resolver import api, batch_api, browser, search_api, templates_api
 from resolver.authn import IDENTITY, Authenticator, Security
 from resolver.authn import add_routes as authn_routes
 from resolver.cache import Cache
@@ -450,5 +450,8 @@ def create_app(
     app.router.add_get("/healthz", healthz, name="healthz")
     app.router.add_get("/readyz", readyz, name="readyz")
     app.router.add_get("/metrics", metrics_endpoint, name="metrics")
+    search_api.add_routes(app)
+    templates_api.add_routes(app)
+    batch_api.add_routes(app)
     browser.add_routes(app)  # last: every other GET path is an identifier
     return app

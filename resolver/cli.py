@@ -18,7 +18,7 @@ import uvloop
 from registry import migrate
 from registry.errors import ClientError, IdNodeError
 from registry.store import Store, create_pool
-from resolver import server
+from resolver import server, templates_api, transfer
 from resolver.app import node_registry
 from resolver.config import Config
 from resolver.database import database_url
@@ -99,6 +99,8 @@ def parser() -> argparse.ArgumentParser:
     conf = sub.add_parser("config", help="configuration")
     csub = conf.add_subparsers(dest="config_command", required=True)
     csub.add_parser("show", help="print the effective settings").set_defaults(func=cmd_config_show)
+    transfer.add_commands(sub)
+    templates_api.add_commands(sub)
     return p
 
 
