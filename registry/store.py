@@ -22,7 +22,29 @@ from registry.handle import Handle, fold
 
 _RECORD_COLUMNS = 'handle, "values", all_public, public_ttl'
 CHANNEL = "idnode_changes"
-"""The NOTIFY channel that carries the key of every changed handle."""
+"""The NOTIFY channel that carries the keys of the changed handles, one per line."""
+NOTIFY_PAYLOAD_BYTES = 7900
+"""PostgreSQL refuses NOTIFY payloads of 8000 bytes or more."""
+
+
+def notification_payloads(keys: Collection[str]) -> list[str]:
+    """The changed keys packed into as few payloads as fit, one key per line.
+
+    Handles cannot contain control characters, so a newline never occurs in a key.
+    """
+    payloads: list[str] = []
+    lines: list[str] = []
+    size = 0
+    for key in sorted(keys):
+        length = len(key.encode()) + 1
+        if lines and size + length > NOTIFY_PAYLOAD_BYTES:
+            payloads.append("\n".join(lines))
+            lines, size = [], 0
+        lines.append(key)
+        size += length
+    if lines:
+        payloads.append("\n".join(lines))
+    return payloads
 
 
 class Record:
@@ -134,12 +156,6 @@ _LOOKUP = (
     " UNION ALL SELECT true, prefix_key, NULL::text, NULL::json, NULL::boolean, NULL::integer"
     " FROM prefixes WHERE prefix_key = ANY($3::text[])"
 )
-
-
-def _like(pattern: str) -> str:
-    """A search pattern with ``*`` wildcards as an (I)LIKE pattern, everything else literal."""
-    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return escaped.replace("*", "%")
 
 
 def _homing_key(h: Handle) -> str:
@@ -297,52 +313,6 @@ class Store:
             rows = await self.pool.fetch("SELECT prefix FROM prefixes ORDER BY prefix_key")
         return [r["prefix"] for r in rows]
 
-    async def count_handles(self, prefix: str) -> int:
-        async with translated():
-            total = await self.pool.fetchval(
-                "SELECT count(*) FROM handles WHERE prefix_key = $1", fold(prefix)
-            )
-        return int(total)
-
-    async def search(
-        self, criteria: Sequence[tuple[str, str]], offset: int, limit: int
-    ) -> list[str]:
-        """Handles with, for every (type, pattern), a public value of that type matching it.
-
-        Types match ASCII case-insensitively; patterns use ``*`` as the wildcard and
-        match case-insensitively. Only publicly readable values are searched. This
-        scans the table: fine for thousands of records, not for hundreds of millions.
-        """
-        conditions: list[str] = []
-        args: list[object] = []
-        for vtype, pattern in criteria:
-            args += [fold(vtype), _like(pattern)]
-            t, p = len(args) - 1, len(args)
-            conditions.append(
-                'EXISTS (SELECT 1 FROM json_array_elements(h."values") AS v'
-                f" WHERE lower(v->>'type') = ${t} AND v->'data'->>'value' ILIKE ${p}"
-                " AND coalesce(substr(v->>'permissions', 3, 1), '1') = '1')"
-            )
-        args += [offset, limit]
-        async with translated():
-            rows = await self.pool.fetch(
-                f"SELECT handle FROM handles h WHERE {' AND '.join(conditions)}"
-                f" ORDER BY prefix_key, suffix_key OFFSET ${len(args) - 1} LIMIT ${len(args)}",
-                *args,
-            )
-        return [r["handle"] for r in rows]
-
-    async def list_handles(self, prefix: str, offset: int, limit: int) -> list[str]:
-        async with translated():
-            rows = await self.pool.fetch(
-                "SELECT handle FROM handles WHERE prefix_key = $1"
-                " ORDER BY suffix_key OFFSET $2 LIMIT $3",
-                fold(prefix),
-                offset,
-                limit,
-            )
-        return [r["handle"] for r in rows]
-
     @contextlib.asynccontextmanager
     async def writing(self) -> AsyncIterator[Transaction]:
         """One write transaction; notifies the changed handles when it commits."""
@@ -350,8 +320,12 @@ class Store:
             async with conn.transaction():
                 tx = Transaction(conn)
                 yield tx
-                for key in sorted(tx.changed):
-                    await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, key)
+                if tx.changed:
+                    await conn.execute(
+                        "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p",
+                        CHANNEL,
+                        notification_payloads(tx.changed),
+                    )
         if tx.changed:
             for hook in self.on_change:
                 hook(tx.changed)

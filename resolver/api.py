@@ -30,7 +30,6 @@ from registry.errors import (
     UnsupportedMediaType,
     ValuesNotFound,
 )
-from registry.permissions import Perm
 from registry.registry import Registry
 from registry.store import Store
 from resolver.authn import Authenticator
@@ -41,8 +40,6 @@ from resolver.metrics import Metrics
 from resolver.pipeline import Stage, etag_matches, public_body, resolve, unanswerable
 
 API_PREFIX = "/api/handles/"
-DEFAULT_PAGE_SIZE = 1000
-MAX_PAGE_SIZE = 10000
 HANDLE_TEXT = web.RequestKey("handle_text", str)
 
 
@@ -123,16 +120,8 @@ def _indexes(query: MultiMapping[str]) -> list[int]:
     return out
 
 
-def _int_param(query: MultiMapping[str], name: str, default: int, high: int) -> int:
-    raw = query.get(name)
-    if raw is None:
-        return default
-    if not hv.is_number(raw) or int(raw) > high:
-        raise ProtocolError(f"query parameter {name} must be an integer from 0 to {high}")
-    return int(raw)
-
-
-async def _json_body(request: web.Request) -> Any:
+async def json_body(request: web.Request) -> Any:
+    """The body as JSON: 415 unless sent as application/json, 408 when slow, 400 if not JSON."""
     if request.content_type != "application/json":
         raise UnsupportedMediaType(
             f"body must be sent as Content-Type: application/json, not {request.content_type!r}"
@@ -202,62 +191,11 @@ async def get_handle(request: web.Request) -> web.Response:
     )
 
 
-async def list_handles(request: web.Request) -> web.Response:
-    node = request.app[NODE]
-    query = request.query
-    prefix = query.get("prefix")
-    if not prefix:
-        raise ProtocolError("query parameter prefix is required")
-    hs.check_prefix(prefix)
-    page = _int_param(query, "page", 0, 2**31)
-    size = _int_param(query, "pageSize", DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-    who = await node.authn.caller(request)
-    await node.store.require_homed(prefix, prefix)
-    # a manufacturer's identifiers are listed only to its admins (LIST_HANDLES on 0.NA/<prefix>)
-    record_handle = hs.prefix_record(prefix)
-    record = await node.store.get(record_handle)
-    await node.registry.authority.require(
-        who, record_handle, [Perm.LIST_HANDLES], record.values if record else None
-    )
-    total = await node.store.count_handles(prefix)
-    handles = await node.store.list_handles(prefix, page * size, size) if size else []
-    return json_response(
-        {
-            "responseCode": 1,
-            "prefix": prefix,
-            "totalCount": str(total),
-            "page": page,
-            "pageSize": size,
-            "handles": handles,
-        }
-    )
-
-
 async def list_prefixes(request: web.Request) -> web.Response:
     prefixes = await request.app[NODE].store.homed_prefixes()
     return json_response(
         {"responseCode": 1, "totalCount": str(len(prefixes)), "prefixes": prefixes}
     )
-
-
-async def search_handles(request: web.Request) -> web.Response:
-    """pyhandle's reverse lookup: ``/hrls/handles?URL=https://example.com/*`` → ``["88.1/x"]``.
-
-    Every other query key is a value type, its value a pattern (``*`` is the
-    wildcard); a handle matches when each pattern matches one of its public
-    values of that type. ``limit`` and ``page`` page through the answer.
-    """
-    query = request.query
-    criteria = [(k, v) for k, v in query.items() if k not in ("limit", "page")]
-    if not criteria:
-        raise ProtocolError("give at least one search term, e.g. URL=https://example.com/*")
-    for vtype, _ in criteria:
-        if len(vtype) > hv.MAX_TYPE_LENGTH:
-            raise ProtocolError(f"search type is longer than {hv.MAX_TYPE_LENGTH} characters")
-    limit = _int_param(query, "limit", DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-    page = _int_param(query, "page", 0, 2**31)
-    handles = await request.app[NODE].store.search(criteria, page * limit, limit)
-    return web.Response(body=orjson.dumps(handles), content_type="application/json")
 
 
 # --- writes --------------------------------------------------------------------------------
@@ -280,7 +218,7 @@ async def put_handle(request: web.Request) -> web.Response:
     h = _write_target(text, mint)
     overwrite = _flag(query, "overwrite", True)
     indexes = _indexes(query)
-    body = await _json_body(request)
+    body = await json_body(request)
     values = hv.parse_values(body, timestamp=node.registry.timestamp())
     who = await node.authn.caller(request, needs_identity=True)
     if indexes and not mint:
@@ -306,10 +244,7 @@ async def delete_handle(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/api/handles", list_handles, name="list")
     app.router.add_get("/api/prefixes", list_prefixes, name="prefixes")
-    app.router.add_get("/hrls/handles", search_handles, name="search")
-    app.router.add_get("/hrls/handles/", search_handles, name="search-slash")
     app.router.add_get("/api/handles/{handle:[\\s\\S]*}", get_handle, name="resolve")
     app.router.add_put("/api/handles/{handle:[\\s\\S]*}", put_handle, name="write")
     app.router.add_delete("/api/handles/{handle:[\\s\\S]*}", delete_handle, name="delete")

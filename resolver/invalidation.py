@@ -1,6 +1,7 @@
 """Cache coherence across processes: ``LISTEN idnode_changes``.
 
-Every write transaction sends ``NOTIFY idnode_changes, '<handle key>'``. Each
+Every write transaction sends ``NOTIFY idnode_changes`` with the changed
+handles' keys, one per line (a bulk write packs thousands into one payload). Each
 serving process keeps one dedicated connection listening on that channel and
 drops the announced keys from its cache. When that connection is lost the cache
 is distrusted (nothing is served as fresh, recent entries only as stale while
@@ -51,7 +52,7 @@ class Listener:
                 await self._task
 
     def _notified(self, conn: object, pid: int, channel: str, payload: str) -> None:
-        self.cache.invalidate((payload,))
+        self.cache.invalidate(payload.split("\n"))
 
     async def _run(self) -> None:
         delay = 0.05
