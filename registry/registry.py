@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from registry import handle as hs
 from registry import keys, permissions
@@ -29,6 +30,7 @@ from registry.keys import NodeKey, Sealer
 from registry.permissions import Perm
 from registry.secrets import hash_secret, is_hashed
 from registry.store import Record, Store, Transaction
+from registry.templates import Templates
 
 Clock = Callable[[], float]
 
@@ -115,6 +117,7 @@ class Registry:
         self.clock = clock
         self.sealer = sealer
         self.node_key = node_key
+        self.templates = Templates()
 
     def timestamp(self) -> str:
         return format_timestamp(self.clock())
@@ -157,6 +160,7 @@ class Registry:
                 await self.authority.require(who, h, [Perm.ADD_HANDLE], None, tx)
                 assert who is not None
                 values = self._with_default_admin(who, values)
+                await self._check_template(tx, h, values)
                 if not await tx.insert(h, values):
                     raise HandleAlreadyExists(handle=h.text)
                 await tx.audit(str(who), "create", h.text, [v.index for v in values])
@@ -165,6 +169,7 @@ class Registry:
                 raise HandleAlreadyExists(handle=h.text)
             await self.authority.require(who, h, _changes(old.values, values), old.values, tx)
             values = _keep_timestamps(old.values, values)
+            await self._check_template(tx, h, values)
             await tx.update(h, values)
             await tx.audit(str(who), "replace", h.text, [v.index for v in values])
             return PutResult(h.text, created=False)
@@ -202,6 +207,7 @@ class Registry:
             hv.check_count(len(merged))
             await self.authority.require(who, h, _changes(old.values, merged), old.values, tx)
             merged = _keep_timestamps(old.values, merged)
+            await self._check_template(tx, h, merged)
             await tx.update(h, merged)
             await tx.audit(str(who), "put-values", h.text, sorted(wanted))
         return PutResult(h.text, created=not overwrite)
@@ -233,8 +239,42 @@ class Registry:
                 )
             kept = [v for v in old.values if v.index not in wanted]
             await self.authority.require(who, h, _changes(old.values, kept), old.values, tx)
+            await self._check_template(tx, h, kept)
             await tx.update(h, kept)
             await tx.audit(str(who), "delete-values", h.text, sorted(wanted))
+
+    async def _check_template(
+        self, tx: Transaction, h: hs.Handle, values: Sequence[hv.Value]
+    ) -> None:
+        """Raise ``TemplateViolation`` unless ``values`` satisfy the prefix's current template."""
+        if h.is_prefix_record:
+            return
+        template = await self.templates.current(tx.conn, h.prefix_key)
+        if template is not None:
+            template.require(h.text, values)
+
+    async def set_template(
+        self, who: Identity | None, prefix: str, schema: Mapping[str, Any] | None
+    ) -> int:
+        """Store the next version of ``prefix``'s data template (None removes it); answer it.
+
+        The caller must administer ``0.NA/<prefix>`` with ADD_HANDLE and MODIFY_VALUE:
+        a template decides which records can be created and changed under the prefix.
+        """
+        record = hs.prefix_record(hs.check_prefix(prefix))
+        await self.store.require_homed(prefix, prefix)
+        async with self.store.writing() as tx:
+            needs = [Perm.ADD_HANDLE, Perm.MODIFY_VALUE]
+            await self.authority.require(who, record, needs, None, tx)
+            return await self.templates.put(tx, prefix, schema, str(who))
+
+    async def operator_set_template(
+        self, prefix: str, schema: Mapping[str, Any] | None, *, actor: str = "cli"
+    ) -> int:
+        """As ``set_template``, for the node's operator (``idnode template set``): no identity."""
+        await self.store.require_homed(hs.check_prefix(prefix), prefix)
+        async with self.store.writing() as tx:
+            return await self.templates.put(tx, prefix, schema, actor)
 
     @staticmethod
     async def _existing(tx: Transaction, h: hs.Handle) -> Record:
