@@ -8,6 +8,7 @@ one identifier.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from urllib.parse import unquote_to_bytes
 
@@ -27,16 +28,20 @@ def fold(text: str) -> str:
     return text.translate(_ASCII_FOLD)
 
 
+_FORBIDDEN = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+"""Control characters and lone surrogates, which no handle may contain."""
+
+
 def _check_text(text: str, what: str) -> None:
     if not text:
         raise InvalidHandle(f"{what} is empty", handle=text)
     if len(text.encode("utf-8", "surrogatepass")) > MAX_HANDLE_BYTES:
         raise InvalidHandle(f"{what} is longer than {MAX_HANDLE_BYTES} bytes", handle=text[:64])
-    for ch in text:
-        if ord(ch) < 0x20 or ord(ch) == 0x7F or 0xD800 <= ord(ch) <= 0xDFFF:
-            raise InvalidHandle(
-                f"{what} contains the control character U+{ord(ch):04X}", handle=text[:64]
-            )
+    bad = _FORBIDDEN.search(text)
+    if bad is not None:
+        raise InvalidHandle(
+            f"{what} contains the control character U+{ord(bad.group()):04X}", handle=text[:64]
+        )
 
 
 def check_prefix(prefix: str) -> str:

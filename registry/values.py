@@ -37,6 +37,7 @@ VLIST_TYPE = "HS_VLIST"
 
 FORMATS = frozenset({"string", "base64", "hex", "admin", "vlist", "site", "key"})
 _PERMISSIONS_RE = re.compile(r"[01]{4}")
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 _ADMIN_PERMISSIONS_RE = re.compile(r"[01]{12}")
 
 
@@ -229,9 +230,19 @@ def _parse_data(fmt: str, raw: Any, index: int) -> Any:
     return raw
 
 
+def check_size(payload: Any, index: int) -> Any:
+    """``payload`` unless its JSON form is larger than ``MAX_DATA_BYTES``."""
+    small = isinstance(payload, str) and len(payload) * 6 + 2 <= MAX_DATA_BYTES  # JSON's worst
+    if not small and len(orjson.dumps(payload)) > MAX_DATA_BYTES:
+        raise InvalidValue(
+            f"value {index}: data is larger than {MAX_DATA_BYTES} bytes", index=index
+        )
+    return payload
+
+
 def parse_value(raw: Any, *, timestamp: str) -> Value:
     """Parse one value as a writer sends it."""
-    if not isinstance(raw, Mapping):
+    if not isinstance(raw, dict) and not isinstance(raw, Mapping):  # dict first: ABCs are slow
         raise InvalidValue(f"each value must be a JSON object, got {type(raw).__name__}")
     if "index" not in raw:
         raise InvalidValue("value has no 'index'")
@@ -239,12 +250,12 @@ def parse_value(raw: Any, *, timestamp: str) -> Value:
     vtype = raw.get("type")
     if not isinstance(vtype, str) or not vtype:
         raise InvalidValue(f"value {index}: 'type' must be a non-empty string", index=index)
-    if len(vtype) > MAX_TYPE_LENGTH or any(ord(c) < 0x20 or ord(c) == 0x7F for c in vtype):
+    if len(vtype) > MAX_TYPE_LENGTH or _CONTROL.search(vtype):
         raise InvalidValue(f"value {index}: 'type' is too long or has control characters")
     if "data" not in raw:
         raise InvalidValue(f"value {index}: value has no 'data'", index=index)
     data = raw["data"]
-    if isinstance(data, Mapping):
+    if isinstance(data, dict) or isinstance(data, Mapping):
         fmt = data.get("format", "string")
         if not isinstance(fmt, str) or fmt not in FORMATS:
             raise InvalidValue(
@@ -261,10 +272,7 @@ def parse_value(raw: Any, *, timestamp: str) -> Value:
             f"value {index}: 'data' must be a string or an object with format and value",
             index=index,
         )
-    if len(orjson.dumps(payload)) > MAX_DATA_BYTES:
-        raise InvalidValue(
-            f"value {index}: data is larger than {MAX_DATA_BYTES} bytes", index=index
-        )
+    check_size(payload, index)
     if vtype.upper() == ADMIN_TYPE and fmt != "admin":
         raise InvalidValue(f"value {index}: HS_ADMIN data must have format admin", index=index)
     default_perms = SECRET_PERMISSIONS if vtype.upper() == SECKEY_TYPE else DEFAULT_PERMISSIONS

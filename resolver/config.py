@@ -129,7 +129,15 @@ SETTINGS: dict[str, Setting] = {
         "seconds a client may take to send a request head once it started one",
     ),
     "body_timeout": Setting(
-        "IDNODE_BODY_TIMEOUT", "30", "seconds a client may take to send a request body"
+        "IDNODE_BODY_TIMEOUT",
+        "30",
+        "seconds a client may take to send a request body (a batch: between two parts of it)",
+    ),
+    "batch_max_items": Setting(
+        "IDNODE_BATCH_MAX_ITEMS", "1000000", "most operations one POST /api/batch may carry"
+    ),
+    "batch_max_bytes": Setting(
+        "IDNODE_BATCH_MAX_BYTES", "4294967296", "largest body of one POST /api/batch, in bytes"
     ),
 }
 
@@ -166,6 +174,8 @@ class Config:
     auth_backoff_max: float = 60.0
     header_timeout: float = 10.0
     body_timeout: float = 30.0
+    batch_max_items: int = 1000000
+    batch_max_bytes: int = 4294967296
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
     """Where each setting that is not at its default came from."""
 
@@ -232,6 +242,8 @@ class Config:
         values["auth_backoff_max"] = parse("auth_backoff_max", raw, float, _within(0.0, 900.0))
         values["header_timeout"] = parse("header_timeout", raw, float, _at_least(0.1))
         values["body_timeout"] = parse("body_timeout", raw, float, _at_least(0.1))
+        values["batch_max_items"] = parse("batch_max_items", raw, int, _between(1, 10**9))
+        values["batch_max_bytes"] = parse("batch_max_bytes", raw, int, _between(1024, 2**50))
         if (values["tls_cert"] is None) != (values["tls_key"] is None):
             raise ConfigError("IDNODE_TLS_CERT and IDNODE_TLS_KEY: set both or neither")
         return cls(**values, sources=dict(sources))
