@@ -23,6 +23,7 @@ from registry import search
 from registry import values as hv
 from registry.errors import ProtocolError
 from registry.permissions import Perm
+from registry.store import translated
 from resolver.api import NODE, json_response
 
 DEFAULT_PAGE_SIZE = 1000
@@ -137,10 +138,13 @@ async def find(request: web.Request) -> web.Response:
     """
     node = request.app[NODE]
     query = request.query
-    vtype = query.get("type")
-    if not vtype:
-        raise ProtocolError("query parameter type is required")
-    vtype = _search_type(vtype)
+    prefix = query.get("prefix") or None
+    if prefix is not None:
+        hs.check_prefix(prefix)
+    vtype, field = query.get("type"), query.get("field")
+    if bool(vtype) == bool(field):
+        raise ProtocolError("give exactly one of type= and field=")
+    vtype = _search_type(vtype) if vtype else await _field_type(request, prefix, field or "")
     value = query.get("value")
     if not value:
         raise ProtocolError("query parameter value is required")
@@ -148,12 +152,29 @@ async def find(request: web.Request) -> web.Response:
     limit = _count(query, "limit", DEFAULT_SEARCH_LIMIT, MAX_PAGE_SIZE)
     raw_cursor = query.get("cursor")
     after = search.search_after(raw_cursor) if raw_cursor is not None else None
-    prefix = query.get("prefix") or None
     if prefix is not None:
-        hs.check_prefix(prefix)
         await node.store.require_homed(prefix, prefix)
     result = await search.find(node.store, vtype, p, prefix=prefix, after=after, limit=limit)
     return json_response({"responseCode": 1, "handles": result.handles, "next": result.next})
+
+
+async def _field_type(request: web.Request, prefix: str | None, field: str) -> str:
+    """The value type a field of ``prefix``'s current data template reads."""
+    if prefix is None:
+        raise ProtocolError("field= names a field of a prefix's data template: give prefix= too")
+    node = request.app[NODE]
+    await node.store.require_homed(prefix, prefix)
+    async with translated(), node.store.pool.acquire() as conn:
+        template = await node.registry.templates.current(conn, hs.fold(prefix))
+    if template is None:
+        raise ProtocolError(f"prefix {prefix} has no data template: search by type= instead")
+    found = next((f for f in template.fields if f.name == field), None)
+    if found is None:
+        names = ", ".join(f.name for f in template.fields)
+        raise ProtocolError(
+            f"the data template of {prefix} has no field {field[:100]!r} (it has: {names})"
+        )
+    return _search_type(found.type)
 
 
 def add_routes(app: web.Application) -> None:

@@ -18,6 +18,7 @@ from registry import migrate, search
 from registry import values as hv
 from registry.errors import ProtocolError
 from registry.handle import fold
+from registry.registry import Registry
 from registry.store import Store, stored_columns
 from tests.conftest import URL_VALUE, RunningNode, Tenant, TenantFactory, _with_database
 
@@ -456,7 +457,8 @@ async def test_bad_search_cursors_are_refused(node: RunningNode, cursor: str) ->
 
 async def test_bad_search_requests_are_refused(node: RunningNode, tenant: TenantFactory) -> None:
     t = await tenant()
-    assert_error(await get(node, "/api/search", value="x"), code=4, says="type is required")
+    answer = await get(node, "/api/search", value="x")
+    assert_error(answer, code=4, says="exactly one of type= and field=")
     assert_error(await get(node, "/api/search", type="URL"), code=4, says="value is required")
     answer = await get(node, "/api/search", type="URL", value="a\x00b")
     assert_error(answer, code=4, says="NUL")
@@ -473,6 +475,49 @@ async def test_bad_search_requests_are_refused(node: RunningNode, tenant: Tenant
     assert_error(answer, code=4, says="page or cursor")
     answer = await get(node, "/api/search", type="T" * 257, value="a")
     assert_error(answer, code=4, says="longer than 256")
+
+
+async def test_search_by_a_template_field(
+    node: RunningNode, tenant: TenantFactory, registry: Registry
+) -> None:
+    t = await tenant()
+    template = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "type": "object",
+        "properties": {
+            "batchNumber": {"type": "string", "x-handle": {"type": "BATCH_NUMBER"}},
+            "partNumber": {"type": "string", "x-handle": {"type": "PART_NUMBER", "index": 2}},
+        },
+    }
+    await registry.operator_set_template(t.prefix, template)
+    await put(
+        node,
+        t,
+        "a",
+        {"index": 2, "type": "PART_NUMBER", "data": "JX-1"},
+        {"index": 3, "type": "BATCH_NUMBER", "data": "B7"},
+    )
+    await put(
+        node,
+        t,
+        "b",
+        {"index": 2, "type": "PART_NUMBER", "data": "JX-2"},
+        {"index": 3, "type": "BATCH_NUMBER", "data": "B7"},
+    )
+    assert await found(node, "", "B7", field="batchNumber", prefix=t.prefix) == by_key(
+        t.handle("a"), t.handle("b")
+    )
+    status, body = await get(node, "/api/search", field="partNumber", value="jx-2", prefix=t.prefix)
+    assert (status, body["handles"]) == (200, [t.handle("b")])
+    answer = await get(node, "/api/search", field="partNumber", value="x")
+    assert_error(answer, code=4, says="give prefix= too")
+    answer = await get(node, "/api/search", field="colour", value="x", prefix=t.prefix)
+    assert_error(answer, code=4, says="has no field 'colour' (it has: batchNumber, partNumber)")
+    answer = await get(node, "/api/search", field="x", type="URL", value="x", prefix=t.prefix)
+    assert_error(answer, code=4, says="exactly one of type= and field=")
+    other = await tenant()
+    answer = await get(node, "/api/search", field="x", value="x", prefix=other.prefix)
+    assert_error(answer, code=4, says="has no data template")
 
 
 # --- plans and the migration ---------------------------------------------------------------
