@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -11,8 +14,9 @@ import aiohttp
 import orjson
 import pytest
 
+from registry.registry import Registry
 from registry.store import Store
-from tests.conftest import RunningNode, Tenant, TenantFactory, running
+from tests.conftest import RunningNode, Tenant, TenantFactory, running, served
 
 NDJSON = {"Content-Type": "application/x-ndjson"}
 
@@ -354,3 +358,79 @@ async def test_connection_dropped_mid_upload(
     else:
         assert rows == []
     assert not any(r["values"] == "[]" for r in rows)
+
+
+async def test_template_violations_fail_alone(
+    node: RunningNode, tenant: TenantFactory, registry: Registry
+) -> None:
+    t = await tenant()
+    template = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "type": "object",
+        "properties": {
+            "batch": {"type": "string", "pattern": "^B[0-9]+$", "x-handle": {"type": "BATCH"}},
+            "qty": {"type": "integer", "minimum": 1, "x-handle": {"type": "QTY"}},
+        },
+        "required": ["batch"],
+    }
+    await registry.operator_set_template(t.prefix, template)
+
+    def record(suffix: str, batch_no: str, qty: str) -> dict[str, Any]:
+        values = [
+            {"index": 1, "type": "BATCH", "data": batch_no},
+            {"index": 2, "type": "QTY", "data": qty},
+        ]
+        return {"handle": t.handle(suffix), "values": values}
+
+    body = ndjson(record("ok", "B1", "5"), record("bad", "x1", "0"), record("ok2", "B2", "9"))
+    _, lines = await batch(node, t, body, mode="each")
+    assert [line["responseCode"] for line in lines[:-1]] == [1, 202, 1]
+    assert sorted((e["field"], e["rule"]) for e in lines[1]["errors"]) == [
+        ("batch", "pattern"),
+        ("qty", "minimum"),
+    ]
+    assert (await records(node, t.handle("bad")))[t.handle("bad")] is None
+
+
+async def test_sigterm_during_an_atomic_batch_writes_nothing(
+    db_url: str, tenant: TenantFactory, store: Store, tmp_path: Path
+) -> None:
+    """The node drains in-flight requests on SIGTERM; a batch still uploading when the grace
+    period ends is cut off and rolled back whole, and the node still exits 0."""
+    t = await tenant()
+    first = ndjson(*(create(t.handle(f"T{i}")) for i in range(2500)))  # more than a chunk
+    stalled = asyncio.Event()
+
+    async def upload() -> AsyncIterator[bytes]:
+        yield first
+        stalled.set()
+        await asyncio.sleep(60)  # never finishes within the grace period
+        yield ndjson(create(t.handle("never")))
+
+    with served(db_url, tmp_path / "data") as (url, proc):
+        headers = {**t.auth, **NDJSON}
+        async with aiohttp.ClientSession() as session:
+            posting = asyncio.ensure_future(
+                session.post(f"{url}/api/batch", data=upload(), headers=headers)
+            )
+            await stalled.wait()
+            for _ in range(100):  # the first chunk is written (not committed) by now
+                await asyncio.sleep(0.1)
+                locked = await store.pool.fetchval(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'transactionid'"
+                )
+                if locked:
+                    break
+            assert locked, "the batch never started writing"
+            proc.send_signal(signal.SIGTERM)
+            started = time.monotonic()
+            while proc.poll() is None and time.monotonic() - started < 30:
+                await asyncio.sleep(0.2)
+            posting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError):
+                await posting
+        assert proc.returncode == 0
+    count = await store.pool.fetchval(
+        "SELECT count(*) FROM handles WHERE prefix_key = $1", t.prefix
+    )
+    assert count == 0
