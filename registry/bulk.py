@@ -35,6 +35,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import asyncpg
+import orjson
 
 from registry import handle as hs
 from registry import values as hv
@@ -49,7 +50,7 @@ from registry.errors import (
     ValuesNotFound,
 )
 from registry.permissions import Perm
-from registry.registry import Registry, _changes, _checked, _keep_timestamps
+from registry.registry import Registry, keep_timestamps, needed_permissions, stored_value
 from registry.store import Record, Store, Transaction, translated
 
 OPERATIONS = ("create", "replace", "put-values", "delete", "delete-values")
@@ -161,6 +162,24 @@ def parse_operation(
     return Operation(position, op, h, tuple(values), tuple(indexes))
 
 
+def parse_item(doc: Any, position: int, *, timestamp: str, keep_timestamps: bool = False) -> Item:
+    """An operation, or the failed outcome of a document that is not one."""
+    try:
+        return parse_operation(doc, position, timestamp=timestamp, keep_timestamps=keep_timestamps)
+    except ClientError as exc:
+        handle = doc.get("handle") if isinstance(doc, Mapping) else None
+        return Outcome.failed(position, handle if isinstance(handle, str) else "", exc)
+
+
+def parse_line(raw: bytes, position: int, *, timestamp: str, keep_timestamps: bool = False) -> Item:
+    """One NDJSON line (``position`` is its line number) as ``parse_item`` reads it."""
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return Outcome.failed(position, "", ProtocolError(f"line {position}: not JSON: {exc}"))
+    return parse_item(doc, position, timestamp=timestamp, keep_timestamps=keep_timestamps)
+
+
 @dataclass(slots=True)
 class _Change:
     """The pending change of one handle in a chunk."""
@@ -260,14 +279,14 @@ class BulkWriter:
         if op.op in ("create", "replace"):
             if op.op == "create" and old is not None and not self.overwrite:
                 raise HandleAlreadyExists(handle=h.text)
-            values = [_checked(v, self.registry.sealer) for v in op.values]
+            values = [stored_value(v, self.registry.sealer) for v in op.values]
             if op.op == "create" and self.who is not None:
-                values = self.registry._with_default_admin(self.who, values)
+                values = self.registry.with_default_admin(self.who, values)
             new_values = values
             audit_indexes = sorted(v.index for v in values)
         elif op.op == "put-values":
             wanted = {v.index for v in op.values}
-            sent = [_checked(v, self.registry.sealer) for v in op.values]
+            sent = [stored_value(v, self.registry.sealer) for v in op.values]
             new_values = [v for v in old_values if v.index not in wanted] + sent
             hv.check_count(len(new_values))
             audit_indexes = sorted(wanted)
@@ -289,8 +308,8 @@ class BulkWriter:
         if old is None:
             await self._authorise(tx, h, {Perm.ADD_HANDLE})
         else:
-            await self._authorise(tx, h, _changes(old_values, new_values))
-            new_values = _keep_timestamps(old_values, new_values)
+            await self._authorise(tx, h, needed_permissions(old_values, new_values))
+            new_values = keep_timestamps(old_values, new_values)
         await self._check_template(tx, h, new_values, templates)
         record = Record.of(h.text, new_values)
         if old is not None and record.raw == old.raw:

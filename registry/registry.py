@@ -46,7 +46,7 @@ def _is_admin(v: hv.Value) -> bool:
     return v.type.upper() == hv.ADMIN_TYPE
 
 
-def _checked(v: hv.Value, sealer: Sealer | None) -> hv.Value:
+def stored_value(v: hv.Value, sealer: Sealer | None) -> hv.Value:
     """A value as it is stored: secrets hashed (and sealed), public keys readable."""
     if v.type.upper() == keys.PUBKEY_TYPE:
         try:
@@ -68,7 +68,7 @@ def _checked(v: hv.Value, sealer: Sealer | None) -> hv.Value:
     return v if is_hashed(v.data) else replace(v, data=hash_secret(v.data, sealer=sealer))
 
 
-def _changes(old: Sequence[hv.Value], new: Sequence[hv.Value]) -> set[Perm]:
+def needed_permissions(old: Sequence[hv.Value], new: Sequence[hv.Value]) -> set[Perm]:
     """The permissions needed to turn ``old`` into ``new``."""
     before = {v.index: v for v in old}
     after = {v.index: v for v in new}
@@ -84,7 +84,7 @@ def _changes(old: Sequence[hv.Value], new: Sequence[hv.Value]) -> set[Perm]:
     return need
 
 
-def _keep_timestamps(old: Sequence[hv.Value], new: Sequence[hv.Value]) -> list[hv.Value]:
+def keep_timestamps(old: Sequence[hv.Value], new: Sequence[hv.Value]) -> list[hv.Value]:
     """Unchanged values keep the time they were last written."""
     before = {v.index: v for v in old}
     return [
@@ -125,7 +125,7 @@ class Registry:
     async def check_responsible(self, h: hs.Handle) -> None:
         await self.store.require_homed(h.homing_prefix, h.text)
 
-    def _with_default_admin(self, who: Identity, values: list[hv.Value]) -> list[hv.Value]:
+    def with_default_admin(self, who: Identity, values: list[hv.Value]) -> list[hv.Value]:
         """A new record without HS_ADMIN gets one naming its creator, as Handle.Net does."""
         if any(_is_admin(v) for v in values):
             return values
@@ -149,7 +149,7 @@ class Registry:
     ) -> PutResult:
         """Create a record, or replace it whole when ``overwrite``."""
         await self.check_responsible(h)
-        values = [_checked(v, self.sealer) for v in values]
+        values = [stored_value(v, self.sealer) for v in values]
         if mint:
             h = hs.parse(f"{h.prefix}/{h.suffix}{uuid.uuid4()}")
         async with self.store.writing() as tx:
@@ -159,7 +159,7 @@ class Registry:
                     raise NotResponsible("prefix records are created by `idnode prefix add`")
                 await self.authority.require(who, h, [Perm.ADD_HANDLE], None, tx)
                 assert who is not None
-                values = self._with_default_admin(who, values)
+                values = self.with_default_admin(who, values)
                 await self._check_template(tx, h, values)
                 if not await tx.insert(h, values):
                     raise HandleAlreadyExists(handle=h.text)
@@ -167,8 +167,10 @@ class Registry:
                 return PutResult(h.text, created=True)
             if not overwrite:
                 raise HandleAlreadyExists(handle=h.text)
-            await self.authority.require(who, h, _changes(old.values, values), old.values, tx)
-            values = _keep_timestamps(old.values, values)
+            await self.authority.require(
+                who, h, needed_permissions(old.values, values), old.values, tx
+            )
+            values = keep_timestamps(old.values, values)
             await self._check_template(tx, h, values)
             await tx.update(h, values)
             await tx.audit(str(who), "replace", h.text, [v.index for v in values])
@@ -193,7 +195,7 @@ class Registry:
                 handle=h.text,
             )
         await self.check_responsible(h)
-        values = [_checked(v, self.sealer) for v in values]
+        values = [stored_value(v, self.sealer) for v in values]
         async with self.store.writing() as tx:
             old = await self._existing(tx, h)
             await self.authority.require(who, h, [], old.values, tx)  # no probing by outsiders
@@ -205,8 +207,10 @@ class Registry:
                 )
             merged = [v for v in old.values if v.index not in wanted] + values
             hv.check_count(len(merged))
-            await self.authority.require(who, h, _changes(old.values, merged), old.values, tx)
-            merged = _keep_timestamps(old.values, merged)
+            await self.authority.require(
+                who, h, needed_permissions(old.values, merged), old.values, tx
+            )
+            merged = keep_timestamps(old.values, merged)
             await self._check_template(tx, h, merged)
             await tx.update(h, merged)
             await tx.audit(str(who), "put-values", h.text, sorted(wanted))
@@ -238,7 +242,9 @@ class Registry:
                     f"no value at index {', '.join(map(str, sorted(absent)))}", handle=h.text
                 )
             kept = [v for v in old.values if v.index not in wanted]
-            await self.authority.require(who, h, _changes(old.values, kept), old.values, tx)
+            await self.authority.require(
+                who, h, needed_permissions(old.values, kept), old.values, tx
+            )
             await self._check_template(tx, h, kept)
             await tx.update(h, kept)
             await tx.audit(str(who), "delete-values", h.text, sorted(wanted))

@@ -99,7 +99,7 @@ def _path_handle(request: web.Request) -> str:
     return text
 
 
-def _flag(query: MultiMapping[str], name: str, default: bool) -> bool:
+def flag(query: MultiMapping[str], name: str, default: bool) -> bool:
     raw = query.get(name)
     if raw is None:
         return default
@@ -168,10 +168,10 @@ async def get_handle(request: web.Request) -> web.Response:
     query = request.query
     indexes, types = _indexes(query), query.getall("type", [])
     who = await node.authn.caller(request)
-    public_only = _flag(query, "publicOnly", who is None)
+    public_only = flag(query, "publicOnly", who is None)
     if not public_only and who is None:
         raise AuthenticationNeeded("publicOnly=false needs an authenticated admin", handle=text)
-    entry = await resolve(node.pipeline, h, authoritative=_flag(query, "auth", False))
+    entry = await resolve(node.pipeline, h, authoritative=flag(query, "auth", False))
     record = entry.record
     if record is None:
         raise HandleNotFound(handle=text)
@@ -214,9 +214,9 @@ async def put_handle(request: web.Request) -> web.Response:
     node = request.app[NODE]
     text = _path_handle(request)
     query = request.query
-    mint = _flag(query, "mintNewSuffix", False)
+    mint = flag(query, "mintNewSuffix", False)
     h = _write_target(text, mint)
-    overwrite = _flag(query, "overwrite", True)
+    overwrite = flag(query, "overwrite", True)
     indexes = _indexes(query)
     body = await json_body(request)
     values = hv.parse_values(body, timestamp=node.registry.timestamp())

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
 
 import ijson
 import orjson
@@ -31,8 +30,7 @@ from registry.errors import (
     RequestTimeout,
     UnsupportedMediaType,
 )
-from resolver.api import NODE
-from resolver.api import _flag as flag
+from resolver.api import NODE, flag
 from resolver.config import Config
 
 log = logging.getLogger("idnode.batch")
@@ -69,14 +67,6 @@ class _Body:
         return data
 
 
-def _item(doc: Any, position: int, timestamp: str) -> bulk.Item:
-    try:
-        return bulk.parse_operation(doc, position, timestamp=timestamp)
-    except ClientError as exc:
-        handle = doc.get("handle") if isinstance(doc, dict) else None
-        return bulk.Outcome.failed(position, handle if isinstance(handle, str) else "", exc)
-
-
 async def ndjson_items(
     body: _Body, timestamp: str, *, max_line: int, max_items: int
 ) -> AsyncIterator[bulk.Item]:
@@ -102,12 +92,7 @@ async def ndjson_items(
                 raise PayloadTooLarge(
                     f"the batch has more than IDNODE_BATCH_MAX_ITEMS ({max_items}) operations"
                 )
-            try:
-                doc = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                yield bulk.Outcome.failed(line, "", ProtocolError(f"line {line}: not JSON: {exc}"))
-                continue
-            yield _item(doc, line, timestamp)
+            yield bulk.parse_line(raw, line, timestamp=timestamp)
         del pending[:start]
         if len(pending) > max_line:
             raise PayloadTooLarge(f"line {line + 1} is longer than {max_line} bytes")
@@ -123,7 +108,7 @@ async def array_items(body: _Body, timestamp: str, *, max_items: int) -> AsyncIt
                 raise PayloadTooLarge(
                     f"the batch has more than IDNODE_BATCH_MAX_ITEMS ({max_items}) operations"
                 )
-            yield _item(doc, position, timestamp)
+            yield bulk.parse_item(doc, position, timestamp=timestamp)
     except ijson.JSONError as exc:
         detail = str(exc).splitlines()[0]
         raise ProtocolError(

@@ -7,37 +7,18 @@ the embedded PostgreSQL under ``IDNODE_DATA_DIR`` (started if needed).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import secrets
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
-
-import uvloop
 
 from registry import migrate
 from registry.errors import ClientError, IdNodeError
-from registry.store import Store, create_pool
+from registry.store import Store
 from resolver import server, templates_api, transfer
 from resolver.app import node_registry
+from resolver.commands import run, with_store
 from resolver.config import Config
 from resolver.database import database_url
 from resolver.logs import configure_logging
-
-
-def _run(coro: Coroutine[Any, Any, int]) -> int:
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(coro)
-
-
-async def _with_store(config: Config, work: Callable[[Store], Awaitable[int]]) -> int:
-    pool = await create_pool(database_url(config), max_size=2)
-    try:
-        async with pool.acquire() as conn:
-            await migrate.migrate(conn)
-        return await work(Store(pool))
-    finally:
-        await pool.close()
 
 
 def cmd_serve(config: Config, args: argparse.Namespace) -> int:
@@ -51,7 +32,7 @@ def cmd_migrate(config: Config, args: argparse.Namespace) -> int:
         print(f"idnode: schema at version {versions[-1] if versions else 0}")
         return 0
 
-    return _run(_with_store(config, work))
+    return run(with_store(config, work))
 
 
 def cmd_prefix_add(config: Config, args: argparse.Namespace) -> int:
@@ -66,7 +47,7 @@ def cmd_prefix_add(config: Config, args: argparse.Namespace) -> int:
             print(f"idnode: generated secret (shown once): {secret}")
         return 0
 
-    return _run(_with_store(config, work))
+    return run(with_store(config, work))
 
 
 def cmd_prefix_list(config: Config, args: argparse.Namespace) -> int:
@@ -75,7 +56,7 @@ def cmd_prefix_list(config: Config, args: argparse.Namespace) -> int:
             print(prefix)
         return 0
 
-    return _run(_with_store(config, work))
+    return run(with_store(config, work))
 
 
 def cmd_config_show(config: Config, args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ from registry import values as hv
 from registry.errors import HandleNotFound, InvalidTemplate, ProtocolError
 from registry.store import Store, translated
 from resolver.api import HANDLE_TEXT, NODE, json_body, json_response
+from resolver.commands import run, with_store
 from resolver.config import Config
 
 # --- HTTP ----------------------------------------------------------------------------------
@@ -130,7 +131,6 @@ def _print_problems(problems: list[dict[str, str]], indent: str = "  ") -> None:
 
 def cmd_template_set(config: Config, args: argparse.Namespace) -> int:
     from resolver.app import node_registry
-    from resolver.cli import _run, _with_store
 
     schema = _read_template(args.file)
     if schema is None:
@@ -148,23 +148,21 @@ def cmd_template_set(config: Config, args: argparse.Namespace) -> int:
         print(f"idnode: `idnode template check {args.prefix}` lists records it refuses")
         return 0
 
-    return _run(_with_store(config, work))
+    return run(with_store(config, work))
 
 
 def cmd_template_remove(config: Config, args: argparse.Namespace) -> int:
     from resolver.app import node_registry
-    from resolver.cli import _run, _with_store
 
     async def work(store: Store) -> int:
         version = await node_registry(config, store).operator_set_template(args.prefix, None)
         print(f"idnode: version {version} removes the data template of {args.prefix}")
         return 0
 
-    return _run(_with_store(config, work))
+    return run(with_store(config, work))
 
 
 def cmd_template_show(config: Config, args: argparse.Namespace) -> int:
-    from resolver.cli import _run, _with_store
 
     async def work(store: Store) -> int:
         await store.require_homed(hs.check_prefix(args.prefix), args.prefix)
@@ -180,11 +178,10 @@ def cmd_template_show(config: Config, args: argparse.Namespace) -> int:
         print(orjson.dumps(found.schema, option=orjson.OPT_INDENT_2).decode())
         return 0
 
-    return _run(_with_store(config, work))
+    return run(with_store(config, work))
 
 
 def cmd_template_check(config: Config, args: argparse.Namespace) -> int:
-    from resolver.cli import _run, _with_store
 
     async def work(store: Store) -> int:
         prefix = hs.check_prefix(args.prefix)
@@ -209,7 +206,7 @@ def cmd_template_check(config: Config, args: argparse.Namespace) -> int:
         print(f"idnode: every record under {prefix} satisfies version {template.version}")
         return 0
 
-    return _run(_with_store(config, work))
+    return run(with_store(config, work))
 
 
 def _version_number(text: str) -> int:

@@ -14,12 +14,10 @@ terminal, a plain line every few seconds otherwise.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import csv
 import hashlib
 import io
 import os
-import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -27,16 +25,15 @@ from pathlib import Path
 from typing import IO, Any
 
 import orjson
-import uvloop
 
-from registry import bulk, migrate
+from registry import bulk
 from registry import handle as hs
 from registry import values as hv
 from registry.errors import ClientError, ProtocolError
-from registry.store import Store, Transaction, create_pool
+from registry.store import Store, Transaction
 from resolver.app import node_registry
+from resolver.commands import run, with_store
 from resolver.config import Config
-from resolver.database import database_url
 
 LONG_STATEMENT = 24 * 3600.0
 """An export is one COPY statement: it may run far longer than a lookup."""
@@ -153,22 +150,8 @@ def ndjson_items(reader: _Reader, timestamp: str) -> Iterator[bulk.Item]:
     for raw in reader.lines():
         position = reader.line
         reader.ended(position)
-        if not raw.strip():
-            continue
-        try:
-            doc = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            yield bulk.Outcome.failed(position, "", ProtocolError(f"not JSON: {exc}"))
-            continue
-        yield _item(doc, position, timestamp)
-
-
-def _item(doc: Any, position: int, timestamp: str) -> bulk.Item:
-    try:
-        return bulk.parse_operation(doc, position, timestamp=timestamp, keep_timestamps=True)
-    except ClientError as exc:
-        handle = doc.get("handle") if isinstance(doc, dict) else None
-        return bulk.Outcome.failed(position, handle if isinstance(handle, str) else "", exc)
+        if raw.strip():
+            yield bulk.parse_line(raw, position, timestamp=timestamp, keep_timestamps=True)
 
 
 async def _aiter(items: Iterator[bulk.Item]) -> AsyncIterator[bulk.Item]:
@@ -262,99 +245,90 @@ class _ErrorReport:
         return self.file.tell()
 
 
-async def _import(config: Config, args: argparse.Namespace, database: str) -> int:
+async def _import(config: Config, args: argparse.Namespace, store: Store) -> int:
     path: Path = args.file
     fmt = args.format or ("csv" if path.suffix.lower() == ".csv" else "ndjson")
     errors_path = args.errors or path.with_name(path.name + ".errors.csv")
-    pool = await create_pool(database, max_size=2, command_timeout=LONG_STATEMENT)
-    try:
-        async with pool.acquire() as conn:
-            await migrate.migrate(conn)
-        store = Store(pool)
-        registry = node_registry(config, store)
-        mode = bulk.Mode(args.mode)
-        job = await bulk.ImportJob.open(store, job_id(path), str(path), restart=args.restart)
-        if job.done:
-            print(
-                f"idnode import: {path} was imported already ({job.applied:,} applied,"
-                f" {job.failed:,} rejected); --restart imports it again",
-                file=sys.stderr,
-            )
-            return 0
-        if mode is bulk.Mode.ATOMIC:
-            job.byte_offset = job.line = job.errors_size = job.applied = job.failed = 0
-        resumed = job.byte_offset > 0
-        report = _ErrorReport(errors_path, job.errors_size)
-        with path.open("rb") as f:
-            header = f.readline() if fmt == "csv" else b""
-            offset = max(job.byte_offset, len(header))
-            line = job.line if job.byte_offset else (1 if header else 0)
-            reader = _Reader(f, offset, line)
-            timestamp = registry.timestamp()
-            rows = (
-                csv_items(reader, header, args.prefix, timestamp)
-                if fmt == "csv"
-                else ndjson_items(reader, timestamp)
-            )
-            if resumed:
-                print(f"idnode import: resuming {path} after line {job.line:,}", file=sys.stderr)
-            progress = Progress(
-                path.stat().st_size, offset, out=sys.stderr, interval=args.progress_interval
-            )
-            writer = bulk.BulkWriter(
-                registry, None, actor="cli", overwrite=args.overwrite, operator=True
-            )
+    registry = node_registry(config, store)
+    mode = bulk.Mode(args.mode)
+    job = await bulk.ImportJob.open(store, job_id(path), str(path), restart=args.restart)
+    if job.done:
+        print(
+            f"idnode import: {path} was imported already ({job.applied:,} applied,"
+            f" {job.failed:,} rejected); --restart imports it again",
+            file=sys.stderr,
+        )
+        return 0
+    if mode is bulk.Mode.ATOMIC:
+        job.byte_offset = job.line = job.errors_size = job.applied = job.failed = 0
+    resumed = job.byte_offset > 0
+    report = _ErrorReport(errors_path, job.errors_size)
+    with path.open("rb") as f:
+        header = f.readline() if fmt == "csv" else b""
+        offset = max(job.byte_offset, len(header))
+        line = job.line if job.byte_offset else (1 if header else 0)
+        reader = _Reader(f, offset, line)
+        timestamp = registry.timestamp()
+        rows = (
+            csv_items(reader, header, args.prefix, timestamp)
+            if fmt == "csv"
+            else ndjson_items(reader, timestamp)
+        )
+        if resumed:
+            print(f"idnode import: resuming {path} after line {job.line:,}", file=sys.stderr)
+        progress = Progress(
+            path.stat().st_size, offset, out=sys.stderr, interval=args.progress_interval
+        )
+        writer = bulk.BulkWriter(
+            registry, None, actor="cli", overwrite=args.overwrite, operator=True
+        )
 
-            async def saved(tx: Transaction, outcomes: Sequence[bulk.Outcome]) -> None:
+        async def saved(tx: Transaction, outcomes: Sequence[bulk.Outcome]) -> None:
+            report.add(outcomes)
+            job.errors_size = report.sync()
+            last = outcomes[-1].position
+            job.byte_offset, job.line = reader.ends[last]
+            job.applied += sum(o.ok for o in outcomes)
+            job.failed += sum(not o.ok for o in outcomes)
+            for position in [p for p in reader.ends if p <= last]:  # the next chunk's stay
+                del reader.ends[position]
+            await job.save(tx)
+
+        async def shown(outcomes: Sequence[bulk.Outcome]) -> None:
+            if mode is bulk.Mode.ATOMIC:
                 report.add(outcomes)
-                job.errors_size = report.sync()
-                last = outcomes[-1].position
-                job.byte_offset, job.line = reader.ends[last]
-                job.applied += sum(o.ok for o in outcomes)
-                job.failed += sum(not o.ok for o in outcomes)
-                for position in [p for p in reader.ends if p <= last]:  # the next chunk's stay
-                    del reader.ends[position]
-                await job.save(tx)
+            progress.update(reader.offset, outcomes)
 
-            async def shown(outcomes: Sequence[bulk.Outcome]) -> None:
-                if mode is bulk.Mode.ATOMIC:
-                    report.add(outcomes)
-                progress.update(reader.offset, outcomes)
-
-            summary = await bulk.run(
-                writer,
-                _aiter(rows),
-                mode=mode,
-                emit=shown,
-                chunk_size=args.chunk,
-                on_chunk=saved if mode is bulk.Mode.EACH else None,
-            )
-        progress.update(reader.offset, [], final=True)
-        job.errors_size = report.sync()
-        if summary.stopped is not None:
-            print(f"idnode import: stopped: {summary.stopped.message}", file=sys.stderr)
-            return 1
-        if mode is bulk.Mode.EACH:
-            job.done = True
-            async with store.writing() as tx:
-                await job.save(tx)
-        print(f"idnode import: {summary.message}", file=sys.stderr)
-        if summary.failed:
-            print(f"idnode import: rejected rows are listed in {errors_path}", file=sys.stderr)
-        return 0 if summary.failed == 0 else 1
-    finally:
-        await pool.close()
+        summary = await bulk.run(
+            writer,
+            _aiter(rows),
+            mode=mode,
+            emit=shown,
+            chunk_size=args.chunk,
+            on_chunk=saved if mode is bulk.Mode.EACH else None,
+        )
+    progress.update(reader.offset, [], final=True)
+    job.errors_size = report.sync()
+    if summary.stopped is not None:
+        print(f"idnode import: stopped: {summary.stopped.message}", file=sys.stderr)
+        return 1
+    if mode is bulk.Mode.EACH:
+        job.done = True
+        async with store.writing() as tx:
+            await job.save(tx)
+    print(f"idnode import: {summary.message}", file=sys.stderr)
+    if summary.failed:
+        print(f"idnode import: rejected rows are listed in {errors_path}", file=sys.stderr)
+    return 0 if summary.failed == 0 else 1
 
 
-async def _export(config: Config, args: argparse.Namespace, database: str) -> int:
+async def _export(args: argparse.Namespace, store: Store) -> int:
     hs.check_prefix(args.prefix)
-    pool = await create_pool(database, max_size=1, command_timeout=LONG_STATEMENT)
+    await store.require_homed(args.prefix, args.prefix)
     out = sys.stdout.buffer if args.output in (None, "-") else open(args.output, "wb")  # noqa: SIM115
     started = last = time.monotonic()
     lines = 0
     try:
-        store = Store(pool)
-        await store.require_homed(args.prefix, args.prefix)
 
         async def write(data: bytes) -> None:
             nonlocal lines, last
@@ -371,7 +345,6 @@ async def _export(config: Config, args: argparse.Namespace, database: str) -> in
     finally:
         if out is not sys.stdout.buffer:
             out.close()
-        await pool.close()
     elapsed = max(time.monotonic() - started, 1e-6)
     print(
         f"idnode export: {lines:,} records in {elapsed:.1f} s ({lines / elapsed:,.0f}/s)",
@@ -380,41 +353,30 @@ async def _export(config: Config, args: argparse.Namespace, database: str) -> in
     return 0
 
 
-def _interruptible(work: Any) -> int:
-    """Run ``work`` on uvloop; SIGTERM stops it as Ctrl-C does (the open chunk rolls back)."""
-
-    async def main() -> int:
-        task = asyncio.current_task()
-        assert task is not None
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, task.cancel)
-        try:
-            result: int = await work
-            return result
-        finally:
-            loop.remove_signal_handler(signal.SIGTERM)
-
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        try:
-            return runner.run(main())
-        except (asyncio.CancelledError, KeyboardInterrupt):
-            print(
-                "idnode: interrupted; every committed chunk is kept and recorded:"
-                " run the same command again to continue",
-                file=sys.stderr,
-            )
-            return 130
-
-
 def cmd_import(config: Config, args: argparse.Namespace) -> int:
     if not args.file.is_file():
         print(f"idnode import: no such file: {args.file}", file=sys.stderr)
         return 2
-    return _interruptible(_import(config, args, database_url(config)))
+
+    async def work(store: Store) -> int:
+        return await _import(config, args, store)
+
+    try:
+        return run(with_store(config, work, command_timeout=LONG_STATEMENT))
+    except KeyboardInterrupt:
+        print(
+            "idnode import: interrupted; every committed chunk is kept and recorded:"
+            " run the same command again to continue",
+            file=sys.stderr,
+        )
+        return 130
 
 
 def cmd_export(config: Config, args: argparse.Namespace) -> int:
-    return _interruptible(_export(config, args, database_url(config)))
+    async def work(store: Store) -> int:
+        return await _export(args, store)
+
+    return run(with_store(config, work, command_timeout=LONG_STATEMENT))
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
