@@ -47,11 +47,13 @@ from registry.errors import (
     InsufficientPermissions,
     NotResponsible,
     ProtocolError,
+    TemplateViolation,
     ValuesNotFound,
 )
 from registry.permissions import Perm
 from registry.registry import Registry, keep_timestamps, needed_permissions, stored_value
 from registry.store import Record, Store, Transaction, translated
+from registry.templates import Template
 
 OPERATIONS = ("create", "replace", "put-values", "delete", "delete-values")
 CHUNK_SIZE = 2000
@@ -180,6 +182,16 @@ def parse_line(raw: bytes, position: int, *, timestamp: str, keep_timestamps: bo
     return parse_item(doc, position, timestamp=timestamp, keep_timestamps=keep_timestamps)
 
 
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """What creating a record would write, worked out ahead (see ``BulkWriter.prepare``)."""
+
+    template: Template | None
+    values: list[hv.Value]
+    record: Record
+    problem: TemplateViolation | None
+
+
 @dataclass(slots=True)
 class _Change:
     """The pending change of one handle in a chunk."""
@@ -217,11 +229,47 @@ class BulkWriter:
         self.operator = operator
         self._homed: dict[str, bool] = {}
         self._allowed: dict[tuple[str, Perm], ClientError | None] = {}
+        self._templates: dict[str, Template | None] = {}
+        """The template each prefix had at its last chunk: what ``prepare`` checks against."""
+        self._prepared: dict[int, _Prepared] = {}
+
+    async def prepare(self, ops: Sequence[Item]) -> None:
+        """Work out ahead what creating each record would write, while the previous chunk is
+        in PostgreSQL's hands: the stored values, the record's JSON and the template check.
+
+        ``_apply`` uses it when the record turns out not to exist and the prefix's
+        template is still the one checked here; otherwise it works it out again.
+        """
+        for n, op in enumerate(ops):
+            if n % 64 == 63:
+                await asyncio.sleep(0)  # let the previous chunk's statements go on
+            if not isinstance(op, Operation) or op.op not in ("create", "replace"):
+                continue
+            h = op.handle
+            if h.prefix_key not in self._templates:
+                continue
+            template = self._templates[h.prefix_key]
+            try:
+                values = self._new_values(op)
+                problem = None
+                if template is not None:
+                    problem = template.violation(h.text, values)
+                self._prepared[op.position] = _Prepared(
+                    template, values, Record.of(h.text, values), problem
+                )
+            except ClientError:
+                continue  # _apply raises it where it belongs
+
+    def _new_values(self, op: Operation) -> list[hv.Value]:
+        values = [stored_value(v, self.registry.sealer) for v in op.values]
+        if op.op == "create" and self.who is not None:
+            values = self.registry.with_default_admin(self.who, values)
+        return values
 
     async def write(self, tx: Transaction, ops: Sequence[Operation]) -> list[Outcome]:
         """Apply ``ops`` in order inside ``tx``; one outcome per operation."""
         changes = await self._existing(tx, ops)
-        templates: dict[str, Any] = {}
+        templates: dict[str, Template | None] = {}
         outcomes: list[Outcome] = []
         for op in ops:
             try:
@@ -230,6 +278,8 @@ class BulkWriter:
                 outcomes.append(Outcome.failed(op.position, op.handle.text, exc))
             else:
                 outcomes.append(Outcome(op.position, op.handle.text, 1, message))
+        for op in ops:
+            self._prepared.pop(op.position, None)
         lost = await self._store(tx, changes)
         if lost:
             raced = HandleAlreadyExists("created meanwhile by another writer")
@@ -260,7 +310,7 @@ class BulkWriter:
         return {key: _Change(h, found.get(key), found.get(key)) for key, h in wanted.items()}
 
     async def _apply(
-        self, tx: Transaction, op: Operation, change: _Change, templates: dict[str, Any]
+        self, tx: Transaction, op: Operation, change: _Change, templates: dict[str, Template | None]
     ) -> str:
         """Apply one operation to the pending state of its handle; answer what it did."""
         h = op.handle
@@ -272,6 +322,7 @@ class BulkWriter:
             )
         old = change.after
         old_values = old.values if old is not None else ()
+        prepared = self._prepared.pop(op.position, None)
         if op.op in ("put-values", "delete", "delete-values") and old is None:
             raise HandleNotFound(handle=h.text)
         new_values: list[hv.Value] | None
@@ -279,11 +330,8 @@ class BulkWriter:
         if op.op in ("create", "replace"):
             if op.op == "create" and old is not None and not self.overwrite:
                 raise HandleAlreadyExists(handle=h.text)
-            values = [stored_value(v, self.registry.sealer) for v in op.values]
-            if op.op == "create" and self.who is not None:
-                values = self.registry.with_default_admin(self.who, values)
-            new_values = values
-            audit_indexes = sorted(v.index for v in values)
+            new_values = prepared.values if prepared is not None else self._new_values(op)
+            audit_indexes = sorted(v.index for v in new_values)
         elif op.op == "put-values":
             wanted = {v.index for v in op.values}
             sent = [stored_value(v, self.registry.sealer) for v in op.values]
@@ -310,8 +358,15 @@ class BulkWriter:
         else:
             await self._authorise(tx, h, needed_permissions(old_values, new_values))
             new_values = keep_timestamps(old_values, new_values)
-        await self._check_template(tx, h, new_values, templates)
-        record = Record.of(h.text, new_values)
+        template = await self._template(tx, h, templates)
+        if old is None and prepared is not None and prepared.template is template:
+            if prepared.problem is not None:
+                raise prepared.problem
+            record = prepared.record
+        else:
+            if template is not None:
+                template.require(h.text, new_values)
+            record = Record.of(h.text, new_values)
         if old is not None and record.raw == old.raw:
             return "unchanged"
         change.after = record
@@ -357,14 +412,14 @@ class BulkWriter:
             if refused is not None:
                 raise type(refused)(refused.message, handle=h.text)
 
-    async def _check_template(
-        self, tx: Transaction, h: hs.Handle, values: Sequence[hv.Value], templates: dict[str, Any]
-    ) -> None:
+    async def _template(
+        self, tx: Transaction, h: hs.Handle, templates: dict[str, Template | None]
+    ) -> Template | None:
+        """The prefix's current template, read once per chunk."""
         if h.prefix_key not in templates:
-            templates[h.prefix_key] = await self.registry.templates.current(tx.conn, h.prefix_key)
-        template = templates[h.prefix_key]
-        if template is not None:
-            template.require(h.text, values)
+            current = await self.registry.templates.current(tx.conn, h.prefix_key)
+            templates[h.prefix_key] = self._templates[h.prefix_key] = current
+        return templates[h.prefix_key]
 
     # --- writing -------------------------------------------------------------------------
 
@@ -575,7 +630,7 @@ async def run(
             count(outcomes)
             await _told(emit, outcomes)
 
-        await _overlapped(_chunks(items, chunk_size, summary), each)
+        await _overlapped(_chunks(items, chunk_size, summary), each, writer.prepare)
         summary.committed = summary.succeeded > 0
         summary.message = f"{summary.succeeded} applied, {summary.failed} failed"
         if summary.stopped is not None:
@@ -589,7 +644,7 @@ async def run(
                 count(outcomes)
                 await _told(emit, outcomes)
 
-            await _overlapped(_chunks(items, chunk_size, summary), atomic)
+            await _overlapped(_chunks(items, chunk_size, summary), atomic, writer.prepare)
             if summary.failed or summary.stopped is not None:
                 raise _RolledBack
     except _RolledBack:
@@ -602,7 +657,9 @@ async def run(
 
 
 async def _overlapped(
-    chunks: AsyncIterator[list[Item]], work: Callable[[Sequence[Item]], Awaitable[None]]
+    chunks: AsyncIterator[list[Item]],
+    work: Callable[[Sequence[Item]], Awaitable[None]],
+    prepare: Callable[[Sequence[Item]], Awaitable[None]] | None = None,
 ) -> None:
     """``work`` on each chunk in order, one at a time, while the next chunk is read.
 
@@ -612,6 +669,8 @@ async def _overlapped(
     running: asyncio.Task[None] | None = None
     try:
         async for chunk in chunks:
+            if prepare is not None:
+                await prepare(chunk)
             if running is not None:
                 await running
             running = asyncio.ensure_future(work(chunk))

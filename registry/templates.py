@@ -392,12 +392,18 @@ class Template:
 
     def require(self, handle: str, values: Sequence[hv.Value]) -> None:
         """Raise ``TemplateViolation`` (one detail per failing field) unless ``values`` comply."""
+        problem = self.violation(handle, values)
+        if problem is not None:
+            raise problem
+
+    def violation(self, handle: str, values: Sequence[hv.Value]) -> TemplateViolation | None:
+        """The error ``require`` raises for ``values``; None when they comply."""
         problems = self.violations(values)
         if not problems:
-            return
+            return None
         listed = "; ".join(p["message"] for p in problems[:3])
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise TemplateViolation(
+        return TemplateViolation(
             f"{handle} does not satisfy version {self.version} of the data template of"
             f" {self.prefix}: {listed}{more}",
             handle=handle,

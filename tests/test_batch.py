@@ -434,3 +434,40 @@ async def test_sigterm_during_an_atomic_batch_writes_nothing(
         "SELECT count(*) FROM handles WHERE prefix_key = $1", t.prefix
     )
     assert count == 0
+
+
+async def test_template_checked_in_every_chunk(
+    node: RunningNode, tenant: TenantFactory, registry: Registry, store: Store
+) -> None:
+    """Later chunks are worked out while earlier ones are written: same answers."""
+    t = await tenant()
+    template = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "type": "object",
+        "properties": {"batch": {"type": "string", "pattern": "^B", "x-handle": {"type": "BATCH"}}},
+        "required": ["batch"],
+    }
+    await registry.operator_set_template(t.prefix, template)
+
+    def op(i: int) -> dict[str, Any]:
+        data = "bad" if i % 1000 == 999 else f"B{i}"
+        return {
+            "handle": t.handle(f"C{i:05}"),
+            "values": [{"index": 1, "type": "BATCH", "data": data}],
+        }
+
+    body = ndjson(*(op(i) for i in range(4500)))
+    _, lines = await batch(node, t, body, mode="each")
+    failed = [line for line in lines[:-1] if line["responseCode"] != 1]
+    assert [line["item"] for line in failed] == [1000, 2000, 3000, 4000]
+    assert all(
+        line["responseCode"] == 202 and line["errors"][0]["rule"] == "pattern" for line in failed
+    )
+    stored_count = await store.pool.fetchval(
+        "SELECT count(*) FROM handles WHERE prefix_key = $1", t.prefix
+    )
+    assert stored_count == 4496
+    _, lines = await batch(node, t, body, mode="each")  # again: every record exists now
+    assert [line["message"] for line in lines[:-1] if line["responseCode"] == 1] == [
+        "unchanged"
+    ] * 4496
