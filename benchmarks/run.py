@@ -14,6 +14,9 @@
    ``benchmarks.memory`` (bytes per cached entry) and ``benchmarks.coherence``
    (time until every worker of a two-worker node drops a changed record) and
    appends their results.
+5. Runs ``benchmarks.bulk`` (``idnode import`` against a raw COPY of the same rows,
+   ``idnode export``) and ``benchmarks.search`` (search and listing latency over
+   10,000,000 records, seeded once into their own database) and appends them.
 
 Environment: ``IDNODE_BENCH_SECONDS`` (default 10), ``IDNODE_BENCH_IDENTIFIERS``
 (default 1000000), ``DATABASE_URL`` (default: the embedded server). The machine
@@ -36,7 +39,7 @@ from types import FrameType
 
 import orjson
 
-from benchmarks import coherence, dataset, hit_ratio, memory, targets, wrk
+from benchmarks import bulk, coherence, dataset, hit_ratio, memory, search, targets, wrk
 from benchmarks.system import ROOT, ensure_packages, git_describe, http_get
 
 HERE = Path(__file__).resolve().parent
@@ -315,6 +318,11 @@ def main() -> int:
     print("\n" + "\n".join(extra))
     with RESULTS.open("a", encoding="utf-8") as out:
         out.write("\n### Memory and coherence\n\n" + "".join(f"- {line}\n" for line in extra))
+    for title, measure_part in (("Bulk import and export", bulk.run), ("Search", search.run)):
+        lines = measure_part(dsn)
+        print(f"\n{title}:\n" + "\n".join(lines), flush=True)
+        with RESULTS.open("a", encoding="utf-8") as out:
+            out.write(f"\n### {title}\n\n" + "".join(f"- {line}\n" for line in lines))
     print(f"\nbench: wrote {RESULTS.relative_to(ROOT)}; {time.monotonic() - started:.0f} s in all")
     return 0
 
