@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import enum
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -268,8 +268,11 @@ class BulkWriter:
 
     async def write(self, tx: Transaction, ops: Sequence[Operation]) -> list[Outcome]:
         """Apply ``ops`` in order inside ``tx``; one outcome per operation."""
-        changes = await self._existing(tx, ops)
         templates: dict[str, Template | None] = {}
+        created = await self._create_all(tx, ops, templates)
+        if created is not None:
+            return created
+        changes = await self._existing(tx, ops)
         outcomes: list[Outcome] = []
         for op in ops:
             try:
@@ -287,6 +290,55 @@ class BulkWriter:
                 Outcome.failed(o.position, o.handle, raced) if o.position in lost else o
                 for o in outcomes
             ]
+        return outcomes
+
+    async def _create_all(
+        self, tx: Transaction, ops: Sequence[Operation], templates: dict[str, Template | None]
+    ) -> list[Outcome] | None:
+        """The usual chunk of an import, cheaply: when every operation creates a record worked
+        out ahead under the prefix's current template, COPY them all at once without reading
+        first; a record that exists makes the COPY fail, and None sends the chunk the long way.
+        """
+        ready: list[tuple[Operation, _Prepared]] = []
+        for op in ops:
+            prepared = self._prepared.get(op.position)
+            if op.op not in ("create", "replace") or prepared is None:
+                return None
+            ready.append((op, prepared))
+        if len({op.handle.key for op in ops}) != len(ops):
+            return None  # a handle twice: the second operation must see the first
+        outcomes: list[Outcome] = []
+        made: list[tuple[hs.Handle, _Prepared]] = []
+        for op, prepared in ready:
+            h = op.handle
+            try:
+                await self._require_homed(tx, h)
+                if h.is_prefix_record or prepared.template is not await self._template(
+                    tx, h, templates
+                ):
+                    return None
+                await self._authorise(tx, h, {Perm.ADD_HANDLE})
+                if prepared.problem is not None:
+                    raise prepared.problem
+            except ClientError as exc:
+                outcomes.append(Outcome.failed(op.position, h.text, exc))
+                continue
+            made.append((h, prepared))
+            outcomes.append(Outcome(op.position, h.text, 1, "created"))
+        conn = tx.conn
+        rows = _rows((h, p.record) for h, p in made)
+        try:
+            async with conn.transaction():  # a savepoint: an existing record undoes only this
+                await conn.copy_records_to_table("handles", records=rows, columns=_HANDLE_COLUMNS)
+        except asyncpg.UniqueViolationError:
+            return None
+        audits = [
+            (self.actor, "create", h.text, sorted(v.index for v in p.values)) for h, p in made
+        ]
+        await self._audit(conn, audits)
+        tx.changed.update(h.key for h, _ in made)
+        for op in ops:
+            self._prepared.pop(op.position, None)
         return outcomes
 
     # --- reading and applying ------------------------------------------------------------
@@ -453,14 +505,21 @@ class BulkWriter:
             if not any(position in lost for position, _, _ in c.audits)
             for _, operation, indexes in c.audits
         ]
-        if audits:
-            await conn.copy_records_to_table(
-                "audit_log", records=audits, columns=["actor", "operation", "handle", "indexes"]
-            )
+        await self._audit(conn, audits)
         for c in (*inserts, *updates, *deletes):
             if not any(position in lost for position, _, _ in c.audits):
                 tx.changed.add(c.handle.key)
         return lost
+
+    @staticmethod
+    async def _audit(
+        conn: asyncpg.Connection, audits: Sequence[tuple[str, str, str, list[int] | None]]
+    ) -> None:
+        """One audit entry per applied operation, by COPY."""
+        if audits:
+            await conn.copy_records_to_table(
+                "audit_log", records=audits, columns=["actor", "operation", "handle", "indexes"]
+            )
 
     async def _insert(self, conn: asyncpg.Connection, inserts: Sequence[_Change]) -> set[int]:
         """COPY new records straight into ``handles``; if another writer created one of them
@@ -468,7 +527,9 @@ class BulkWriter:
         try:
             async with conn.transaction():  # a savepoint: a conflict undoes only this COPY
                 await conn.copy_records_to_table(
-                    "handles", records=_rows(inserts), columns=_HANDLE_COLUMNS
+                    "handles",
+                    records=_rows((c.handle, c.after) for c in inserts if c.after),
+                    columns=_HANDLE_COLUMNS,
                 )
             return set()
         except asyncpg.UniqueViolationError:
@@ -494,25 +555,22 @@ class BulkWriter:
             " (LIKE handles INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;"
             f" TRUNCATE {_STAGE}"
         )
-        await conn.copy_records_to_table(_STAGE, records=_rows(changes), columns=_HANDLE_COLUMNS)
+        await conn.copy_records_to_table(
+            _STAGE,
+            records=_rows((c.handle, c.after) for c in changes if c.after),
+            columns=_HANDLE_COLUMNS,
+        )
 
 
 def _quoted(columns: Sequence[str]) -> list[str]:
     return [f'"{c}"' for c in columns]
 
 
-def _rows(changes: Sequence[_Change]) -> list[tuple[object, ...]]:
+def _rows(records: Iterable[tuple[hs.Handle, Record]]) -> list[tuple[object, ...]]:
+    """``handles`` rows, in ``_HANDLE_COLUMNS`` order."""
     return [
-        (
-            c.handle.prefix_key,
-            c.handle.suffix_key,
-            r.handle,
-            r.raw.decode(),
-            r.all_public,
-            r.public_ttl,
-        )
-        for c in changes
-        if (r := c.after) is not None
+        (h.prefix_key, h.suffix_key, r.handle, r.raw.decode(), r.all_public, r.public_ttl)
+        for h, r in records
     ]
 
 
