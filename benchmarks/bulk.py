@@ -5,11 +5,12 @@
   CSV rows (default 300,000) of auto parts under a prefix whose template is
   ``schemas/templates/auto-parts.json``, so every row is validated; against a raw
   ``COPY`` of the same rows, encoded beforehand exactly as the node stores them,
-  into the same table (its indexes and triggers included). The two alternate for
-  ``ROUNDS`` rounds, each on fresh prefixes; the best round of each counts.
+  into the same table (its indexes and triggers included). Each measurement starts
+  from an empty database (``idnode_bench_bulk``, recreated each time); the two
+  alternate for ``ROUNDS`` rounds and the best round of each counts.
 - **Export**: ``idnode export`` of one imported prefix to a file: records/s.
 
-Runs in its own database ``idnode_bench_bulk`` (recreated every run) on the
+Runs in its own database ``idnode_bench_bulk`` (recreated for every measurement) on the
 benchmark server (``DATABASE_URL`` or the embedded one under ``.data/bench/pg``).
 ``python -m benchmarks.bulk`` runs it alone; ``make bench`` runs it after the
 request benchmarks.
@@ -190,23 +191,28 @@ class Figures:
         ]
 
 
-async def measure(server: str, rows: int = ROWS) -> Figures:
+async def fresh(server: str, prefix: str) -> str:
+    """An empty database with ``prefix`` homed and its template set: each measurement starts
+    from the same state (an index's insert cost grows with its size)."""
     dsn = await fresh_database(server)
-    prefixes = [f"88.900.{r}" for r in range(2 * ROUNDS)]
-    await home(dsn, prefixes)
+    await home(dsn, [prefix])
+    return dsn
+
+
+async def measure(server: str, rows: int = ROWS) -> Figures:
+    prefix = "88.900.1"
     copies: list[float] = []
     imports: list[float] = []
     with tempfile.TemporaryDirectory(prefix="idnode-bench-bulk-") as tmp:
         work = Path(tmp)
+        source = work / "parts.csv"
+        write_csv(source, prefix, rows)
+        encoded = stored_rows(prefix, rows)
         for r in range(ROUNDS):
-            copy_prefix, import_prefix = prefixes[2 * r], prefixes[2 * r + 1]
-            encoded = stored_rows(copy_prefix, rows)
-            copies.append(await raw_copy(dsn, encoded))
-            del encoded
-            source = work / f"parts-{r}.csv"
-            write_csv(source, import_prefix, rows)
+            copies.append(await raw_copy(await fresh(server, prefix), encoded))
+            dsn = await fresh(server, prefix)
             seconds, out = idnode(dsn, work, "import", str(source), "--progress-interval", "60")
-            if await count(dsn, import_prefix) != rows:
+            if await count(dsn, prefix) != rows:
                 raise SystemExit(f"bench: the import did not write every row:\n{out}")
             imports.append(seconds)
             print(
@@ -214,11 +220,9 @@ async def measure(server: str, rows: int = ROWS) -> Figures:
                 f" import {rows / seconds:,.0f} rows/s",
                 flush=True,
             )
-            source.unlink()
+        del encoded
         target = work / "export.ndjson"
-        export_seconds, _ = idnode(
-            dsn, work, "export", "--prefix", prefixes[1], "--output", str(target)
-        )
+        export_seconds, _ = idnode(dsn, work, "export", "--prefix", prefix, "--output", str(target))
         exported = target.stat().st_size
         if sum(1 for _ in target.open("rb")) != rows:
             raise SystemExit("bench: the export did not write every record")

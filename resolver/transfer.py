@@ -32,7 +32,7 @@ from registry import values as hv
 from registry.errors import ClientError, ProtocolError
 from registry.store import Store, Transaction
 from resolver.app import node_registry
-from resolver.commands import run, with_store
+from resolver.commands import fewer_collections, run, with_store
 from resolver.config import Config
 
 LONG_STATEMENT = 24 * 3600.0
@@ -359,6 +359,7 @@ def cmd_import(config: Config, args: argparse.Namespace) -> int:
         return 2
 
     async def work(store: Store) -> int:
+        fewer_collections()
         return await _import(config, args, store)
 
     try:
