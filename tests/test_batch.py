@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from registry.registry import Registry
-from registry.store import Store
+from registry.store import NOTIFY_PAYLOAD_BYTES, Store, notification_payloads
 from tests.conftest import RunningNode, Tenant, TenantFactory, running, served
 
 NDJSON = {"Content-Type": "application/x-ndjson"}
@@ -471,3 +471,12 @@ async def test_template_checked_in_every_chunk(
     assert [line["message"] for line in lines[:-1] if line["responseCode"] == 1] == [
         "unchanged"
     ] * 4496
+
+
+def test_changed_keys_are_packed_into_few_notifications() -> None:
+    keys = {f"88.118.1/{i:06d}-{'x' * 40}" for i in range(1000)}
+    payloads = notification_payloads(keys)
+    assert all(len(p.encode()) <= NOTIFY_PAYLOAD_BYTES < 8000 for p in payloads)
+    assert sorted(k for p in payloads for k in p.split("\n")) == sorted(keys)
+    assert len(payloads) <= -(-sum(len(k) + 1 for k in keys) // NOTIFY_PAYLOAD_BYTES) + 1
+    assert notification_payloads({"88.1/a"}) == ["88.1/a"]
