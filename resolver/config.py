@@ -133,6 +133,11 @@ SETTINGS: dict[str, Setting] = {
         "30",
         "seconds a client may take to send a request body (a batch: between two parts of it)",
     ),
+    "shutdown_grace": Setting(
+        "IDNODE_SHUTDOWN_GRACE",
+        "10",
+        "seconds SIGTERM waits for in-flight requests before cutting them off (rolled back)",
+    ),
     "batch_max_items": Setting(
         "IDNODE_BATCH_MAX_ITEMS", "1000000", "most operations one POST /api/batch may carry"
     ),
@@ -174,6 +179,7 @@ class Config:
     auth_backoff_max: float = 60.0
     header_timeout: float = 10.0
     body_timeout: float = 30.0
+    shutdown_grace: float = 10.0
     batch_max_items: int = 1000000
     batch_max_bytes: int = 4294967296
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -242,6 +248,7 @@ class Config:
         values["auth_backoff_max"] = parse("auth_backoff_max", raw, float, _within(0.0, 900.0))
         values["header_timeout"] = parse("header_timeout", raw, float, _at_least(0.1))
         values["body_timeout"] = parse("body_timeout", raw, float, _at_least(0.1))
+        values["shutdown_grace"] = parse("shutdown_grace", raw, float, _within(0.0, 3600.0))
         values["batch_max_items"] = parse("batch_max_items", raw, int, _between(1, 10**9))
         values["batch_max_bytes"] = parse("batch_max_bytes", raw, int, _between(1024, 2**50))
         if (values["tls_cert"] is None) != (values["tls_key"] is None):

@@ -41,7 +41,6 @@ from resolver.logs import configure_logging
 from resolver.metrics import MULTIPROCESS_ENV, Metrics
 
 log = logging.getLogger("idnode")
-GRACE_SECONDS = 10.0
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -108,7 +107,7 @@ async def serve_worker(
             for conn in list(fast.connections):
                 conn.close()
         aiohttp_server.pre_shutdown()  # idle keep-alive connections close now, not at the deadline
-        await aiohttp_server.shutdown(GRACE_SECONDS)
+        await aiohttp_server.shutdown(config.shutdown_grace)
         await runner.cleanup()
 
 
@@ -216,7 +215,7 @@ def _supervise(config: Config, dsn: str) -> int:
             if proc.is_alive() and proc.pid is not None:
                 os.kill(proc.pid, signal.SIGTERM)
         for proc in workers:
-            proc.join(GRACE_SECONDS + 5)
+            proc.join(config.shutdown_grace + 5)
             if proc.is_alive():
                 proc.kill()
         with contextlib.suppress(OSError):
