@@ -26,14 +26,13 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import orjson
 
+from benchmarks import dataset
 from benchmarks.system import ROOT
 from registry import handle as hs
-from registry import migrate
 from registry import values as hv
 from registry.registry import Registry
 from registry.store import Record, Store, create_pool
@@ -90,25 +89,8 @@ def stored_rows(prefix: str, rows: int) -> list[tuple[object, ...]]:
     return out
 
 
-def with_database(url: str, database: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{database}"))
-
-
 async def fresh_database(server: str) -> str:
-    conn = await asyncpg.connect(server)
-    try:
-        await conn.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
-        await conn.execute(f"CREATE DATABASE {DATABASE}")
-    finally:
-        await conn.close()
-    dsn = with_database(server, DATABASE)
-    conn = await asyncpg.connect(dsn)
-    try:
-        await migrate.migrate(conn)
-    finally:
-        await conn.close()
-    return dsn
+    return await dataset.recreate(server, DATABASE)
 
 
 async def home(dsn: str, prefixes: list[str]) -> None:

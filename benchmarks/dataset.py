@@ -16,6 +16,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import orjson
@@ -83,6 +84,28 @@ def database_url(bench_dir: Path) -> str:
     """``DATABASE_URL`` when set, else the embedded server under ``bench_dir/pg``."""
     url = os.environ.get("DATABASE_URL")
     return url if url else start_embedded(bench_dir.resolve() / "pg")
+
+
+def with_database(url: str, database: str) -> str:
+    """``url`` naming another database on the same server."""
+    return urlunsplit(urlsplit(url)._replace(path=f"/{database}"))
+
+
+async def recreate(server: str, database: str) -> str:
+    """``database`` dropped if it exists, created empty and migrated; answers its URL."""
+    conn = await asyncpg.connect(server)
+    try:
+        await conn.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+        await conn.execute(f"CREATE DATABASE {database}")
+    finally:
+        await conn.close()
+    dsn = with_database(server, database)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await migrate.migrate(conn)
+    finally:
+        await conn.close()
+    return dsn
 
 
 async def prepare(dsn: str, count: int, secret: str = DEFAULT_SECRET) -> None:

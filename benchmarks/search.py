@@ -47,16 +47,16 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import urlencode
 
 import aiohttp
 import asyncpg
 import orjson
 
-from benchmarks import targets
+from benchmarks import dataset, targets
 from benchmarks.system import ROOT
 from registry import handle as hs
-from registry import migrate, permissions
+from registry import permissions
 from registry import values as hv
 from registry.auth import Identity
 from registry.keys import Sealer
@@ -197,10 +197,6 @@ SELECT prefix_key, 0, count(*) FROM handles WHERE prefix_key = $1 GROUP BY prefi
 # --- the database --------------------------------------------------------------------------
 
 
-def with_database(server: str, database: str) -> str:
-    return urlunsplit(urlsplit(server)._replace(path=f"/{database}"))
-
-
 @dataclass(frozen=True, slots=True)
 class Seeding:
     """How the database was seeded (kept in its comment, so later runs report it)."""
@@ -263,7 +259,7 @@ async def existing(server: str, records: int) -> Seeding | None:
         await conn.close()
     if not found:
         return None
-    conn = await asyncpg.connect(with_database(server, DATABASE))
+    conn = await asyncpg.connect(dataset.with_database(server, DATABASE))
     try:
         seeding = await seeding_of(conn)
     finally:
@@ -275,18 +271,7 @@ async def existing(server: str, records: int) -> Seeding | None:
 
 
 async def fresh_database(server: str) -> str:
-    conn = await asyncpg.connect(server)
-    try:
-        await conn.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
-        await conn.execute(f"CREATE DATABASE {DATABASE}")
-    finally:
-        await conn.close()
-    dsn = with_database(server, DATABASE)
-    conn = await asyncpg.connect(dsn)
-    try:
-        await migrate.migrate(conn)
-    finally:
-        await conn.close()
+    dsn = await dataset.recreate(server, DATABASE)
     pool = await create_pool(dsn, max_size=1)
     try:
         await Registry(Store(pool)).home_prefix(PREFIX, SECRET, actor="bench")
@@ -442,9 +427,9 @@ async def prepare(server: str, records: int) -> tuple[str, Seeding, bool]:
     seeding = await existing(server, records)
     if seeding is not None:
         print(f"search: {DATABASE} already holds {records:,} records; not reseeding", flush=True)
-        return with_database(server, DATABASE), seeding, True
+        return dataset.with_database(server, DATABASE), seeding, True
     seeding = await seed(server, records)
-    return with_database(server, DATABASE), seeding, False
+    return dataset.with_database(server, DATABASE), seeding, False
 
 
 async def reseal(dsn: str, sealer: Sealer) -> None:

@@ -4,33 +4,11 @@ recorded, idempotent, safe when two runners race, atomic per file."""
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 
 from registry import migrate
-from tests.conftest import _with_database
-
-
-@pytest.fixture
-async def fresh_db(server_url: str) -> AsyncIterator[str]:
-    """An empty database of its own on the test server, dropped afterwards."""
-    name = f"idnode_migrate_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(server_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        yield _with_database(server_url, name)
-    finally:
-        admin = await asyncpg.connect(server_url)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
 
 
 async def recorded(conn: asyncpg.Connection) -> list[tuple[int, str]]:

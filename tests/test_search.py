@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import re
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
@@ -20,7 +20,7 @@ from registry.errors import ProtocolError
 from registry.handle import fold
 from registry.registry import Registry
 from registry.store import Store, stored_columns
-from tests.conftest import URL_VALUE, RunningNode, Tenant, TenantFactory, _with_database
+from tests.conftest import URL_VALUE, RunningNode, Tenant, TenantFactory
 
 _COLUMNS = ("prefix_key", "suffix_key", "handle", "values", "all_public", "public_ttl")
 Answer = tuple[int, Any]
@@ -547,24 +547,6 @@ async def test_queries_use_the_indexes(store: Store) -> None:
     keyset = await plan(store, *search.listing_query("88.1", after="x", limit=10))
     assert "Index Scan using handles_pkey" in keyset and "suffix_key >" in keyset, keyset
     assert "Sort" not in keyset, keyset
-
-
-@pytest.fixture
-async def fresh_db(server_url: str) -> AsyncIterator[str]:
-    name = f"idnode_search_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(server_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        yield _with_database(server_url, name)
-    finally:
-        admin = await asyncpg.connect(server_url)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
 
 
 async def test_migration_backfills_existing_records(
