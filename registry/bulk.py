@@ -19,6 +19,11 @@ to ``create``, so the lines ``idnode export`` writes import as they are).
    deleted ones by one ``DELETE``, and one audit entry per applied operation by
    ``COPY``; the transaction notifies every changed key.
 
+A chunk in which every operation creates a record skips step 1: its records
+were worked out ahead (``prepare``, while PostgreSQL wrote the previous chunk)
+and are COPied at once; an existing record fails that COPY in its savepoint and
+the chunk takes the three steps above.
+
 ``run`` drives a whole batch: in ``each`` mode every chunk is its own
 transaction and a failing operation fails alone; in ``atomic`` mode one
 transaction holds the whole batch and any failure rolls all of it back.
