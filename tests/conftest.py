@@ -58,6 +58,18 @@ EMAIL_VALUE = {"index": 2, "type": "EMAIL", "data": "ops@example.com"}
 TEST_DB = "idnode_test"
 
 
+def data_template(properties: dict[str, Any], *required: str) -> dict[str, Any]:
+    """A data template (JSON Schema 2020-12) of these properties, the named ones required."""
+    template: dict[str, Any] = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "type": "object",
+        "properties": properties,
+    }
+    if required:
+        template["required"] = list(required)
+    return template
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

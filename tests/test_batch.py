@@ -16,7 +16,7 @@ import pytest
 
 from registry.registry import Registry
 from registry.store import NOTIFY_PAYLOAD_BYTES, Store, notification_payloads
-from tests.conftest import RunningNode, Tenant, TenantFactory, running, served
+from tests.conftest import RunningNode, Tenant, TenantFactory, data_template, running, served
 
 NDJSON = {"Content-Type": "application/x-ndjson"}
 
@@ -368,15 +368,13 @@ async def test_template_violations_fail_alone(
     node: RunningNode, tenant: TenantFactory, registry: Registry
 ) -> None:
     t = await tenant()
-    template = {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "type": "object",
-        "properties": {
+    template = data_template(
+        {
             "batch": {"type": "string", "pattern": "^B[0-9]+$", "x-handle": {"type": "BATCH"}},
             "qty": {"type": "integer", "minimum": 1, "x-handle": {"type": "QTY"}},
         },
-        "required": ["batch"],
-    }
+        "batch",
+    )
     await registry.operator_set_template(t.prefix, template)
 
     def record(suffix: str, batch_no: str, qty: str) -> dict[str, Any]:
@@ -445,12 +443,9 @@ async def test_template_checked_in_every_chunk(
 ) -> None:
     """Later chunks are worked out while earlier ones are written: same answers."""
     t = await tenant()
-    template = {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "type": "object",
-        "properties": {"batch": {"type": "string", "pattern": "^B", "x-handle": {"type": "BATCH"}}},
-        "required": ["batch"],
-    }
+    template = data_template(
+        {"batch": {"type": "string", "pattern": "^B", "x-handle": {"type": "BATCH"}}}, "batch"
+    )
     await registry.operator_set_template(t.prefix, template)
 
     def op(i: int) -> dict[str, Any]:

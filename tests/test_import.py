@@ -19,7 +19,7 @@ import orjson
 from registry import bulk
 from registry.store import Store
 from resolver.transfer import Progress
-from tests.conftest import ROOT, TenantFactory
+from tests.conftest import ROOT, TenantFactory, data_template
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -76,14 +76,10 @@ async def test_csv_with_a_suffix_column_and_template_errors(
     cli: Cli, tenant: TenantFactory, store: Store, tmp_path: Path
 ) -> None:
     t = await tenant()
-    template = {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "type": "object",
-        "properties": {
-            "batch": {"type": "string", "pattern": "^B[0-9]+$", "x-handle": {"type": "BATCH"}}
-        },
-        "required": ["batch"],
-    }
+    template = data_template(
+        {"batch": {"type": "string", "pattern": "^B[0-9]+$", "x-handle": {"type": "BATCH"}}},
+        "batch",
+    )
     (tmp_path / "t.json").write_bytes(orjson.dumps(template))
     assert cli("template", "set", t.prefix, str(tmp_path / "t.json")).returncode == 0
     source = tmp_path / "line.csv"

@@ -20,7 +20,7 @@ from registry.errors import ProtocolError
 from registry.handle import fold
 from registry.registry import Registry
 from registry.store import Store, stored_columns
-from tests.conftest import URL_VALUE, RunningNode, Tenant, TenantFactory
+from tests.conftest import URL_VALUE, RunningNode, Tenant, TenantFactory, data_template
 
 _COLUMNS = ("prefix_key", "suffix_key", "handle", "values", "all_public", "public_ttl")
 Answer = tuple[int, Any]
@@ -481,14 +481,12 @@ async def test_search_by_a_template_field(
     node: RunningNode, tenant: TenantFactory, registry: Registry
 ) -> None:
     t = await tenant()
-    template = {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "type": "object",
-        "properties": {
+    template = data_template(
+        {
             "batchNumber": {"type": "string", "x-handle": {"type": "BATCH_NUMBER"}},
             "partNumber": {"type": "string", "x-handle": {"type": "PART_NUMBER", "index": 2}},
-        },
-    }
+        }
+    )
     await registry.operator_set_template(t.prefix, template)
     await put(
         node,
