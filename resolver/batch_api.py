@@ -175,6 +175,9 @@ async def post_batch(request: web.Request) -> web.StreamResponse:
         with contextlib.suppress(ConnectionError):
             await response.write(orjson.dumps(failed) + b"\n")
         return response
+    applied = "applied" if summary.committed else "rolled_back"
+    node.metrics.batch_operations.labels(applied).inc(summary.succeeded)
+    node.metrics.batch_operations.labels("failed").inc(summary.failed)
     await response.write(orjson.dumps(summary.to_json()) + b"\n")
     await response.write_eof()
     return response

@@ -47,6 +47,12 @@ class Metrics:
             ["operation", "outcome"],
             registry=r,
         )
+        self.batch_operations = Counter(
+            "idnode_batch_operations_total",
+            "Operations of POST /api/batch by what became of them.",
+            ["outcome"],
+            registry=r,
+        )
         self.auth_failures = Counter(
             "idnode_auth_failures_total",
             "Requests whose credentials were missing or wrong where they were needed.",

@@ -85,6 +85,24 @@ async def test_each_mode_streams_one_result_per_operation(
     assert all(v and v[0]["data"]["value"] == "https://example.com/p" for v in found.values())
 
 
+async def test_batch_operations_are_counted(node: RunningNode, tenant: TenantFactory) -> None:
+    t = await tenant()
+
+    def counted(outcome: str) -> float:
+        node.metrics.flush()
+        found = node.metrics.registry.get_sample_value(
+            "idnode_batch_operations_total", {"outcome": outcome}
+        )
+        return found or 0.0
+
+    before = {o: counted(o) for o in ("applied", "rolled_back", "failed")}
+    await batch(node, t, ndjson(create(t.handle("m1")), create(t.handle("m2"))), mode="each")
+    await batch(node, t, ndjson(create(t.handle("m3"))) + b"nope\n", mode="atomic")
+    assert counted("applied") - before["applied"] == 2
+    assert counted("rolled_back") - before["rolled_back"] == 1
+    assert counted("failed") - before["failed"] == 1
+
+
 async def test_atomic_json_array_is_the_default_mode(
     node: RunningNode, tenant: TenantFactory
 ) -> None:
