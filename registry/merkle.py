@@ -46,6 +46,15 @@ def root(leaves: Sequence[bytes]) -> bytes:
     return node_hash(root(leaves[:k]), root(leaves[k:]))
 
 
+def _up_the_right_edge(fn: int, sn: int) -> tuple[int, int]:
+    """Both algorithms' step "if LSB(fn) is not set, right-shift fn and sn equally until
+    either LSB(fn) is set or fn is 0"."""
+    while fn and not fn & 1:
+        fn >>= 1
+        sn >>= 1
+    return fn, sn
+
+
 def verify_inclusion(
     leaf: bytes, index: int, size: int, path: Sequence[bytes], expected_root: bytes
 ) -> bool:
@@ -59,10 +68,7 @@ def verify_inclusion(
             return False
         if fn & 1 or fn == sn:
             r = node_hash(p, r)
-            if not fn & 1:
-                while not fn & 1 and fn != 0:
-                    fn >>= 1
-                    sn >>= 1
+            fn, sn = _up_the_right_edge(fn, sn)
         else:
             r = node_hash(r, p)
         fn >>= 1
@@ -97,10 +103,7 @@ def verify_consistency(
         if fn & 1 or fn == sn:
             fr = node_hash(c, fr)
             sr = node_hash(c, sr)
-            if not fn & 1:
-                while not fn & 1 and fn != 0:
-                    fn >>= 1
-                    sn >>= 1
+            fn, sn = _up_the_right_edge(fn, sn)
         else:
             sr = node_hash(sr, c)
         fn >>= 1
