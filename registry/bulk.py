@@ -42,6 +42,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from registry import audit
 from registry import handle as hs
 from registry import values as hv
 from registry.auth import Identity
@@ -204,8 +205,8 @@ class _Change:
     handle: hs.Handle
     before: Record | None
     after: Record | None
-    audits: list[tuple[int, str, list[int] | None]] = field(default_factory=list)
-    """(position, operation, indexes) of every operation applied to it."""
+    audits: list[tuple[int, audit.Change]] = field(default_factory=list)
+    """(position, audit entry) of every operation applied to it."""
 
 
 class BulkWriter:
@@ -237,6 +238,7 @@ class BulkWriter:
         self._templates: dict[str, Template | None] = {}
         """The template each prefix had at its last chunk: what ``prepare`` checks against."""
         self._prepared: dict[int, _Prepared] = {}
+        self.hold_audit = False
 
     async def prepare(self, ops: Sequence[Item]) -> None:
         """Work out ahead what creating each record would write, while the previous chunk is
@@ -345,7 +347,10 @@ class BulkWriter:
         except asyncpg.UniqueViolationError:
             return None
         audits = [
-            (self.actor, "create", h.text, sorted(v.index for v in p.values)) for h, p in made
+            audit.Change(
+                self.actor, "create", h.text, sorted(v.index for v in p.values), None, p.record.raw
+            )
+            for h, p in made
         ]
         await self._audit(conn, audits)
         tx.changed.update(h.key for h, _ in made)
@@ -415,7 +420,7 @@ class BulkWriter:
         if new_values is None:
             await self._authorise(tx, h, {Perm.DELETE_HANDLE})
             change.after = None
-            change.audits.append((op.position, "delete", None))
+            change.audits.append((op.position, self._entry("delete", h, None, old, None)))
             return "deleted"
         if old is None:
             await self._authorise(tx, h, {Perm.ADD_HANDLE})
@@ -440,7 +445,7 @@ class BulkWriter:
             name, done = op.op, "values changed"
         else:
             name, done = "replace", "replaced"
-        change.audits.append((op.position, name, audit_indexes))
+        change.audits.append((op.position, self._entry(name, h, audit_indexes, old, record)))
         return done
 
     async def _require_homed(self, tx: Transaction, h: hs.Handle) -> None:
@@ -511,27 +516,46 @@ class BulkWriter:
                 [c.handle.prefix_key for c in deletes],
                 [c.handle.suffix_key for c in deletes],
             )
-        audits = [
-            (self.actor, operation, c.handle.text, indexes)
-            for c in changes.values()
-            if not any(position in lost for position, _, _ in c.audits)
-            for _, operation, indexes in c.audits
-        ]
-        await self._audit(conn, audits)
+        kept = sorted(
+            (
+                (position, entry)
+                for c in changes.values()
+                if not any(position in lost for position, _ in c.audits)
+                for position, entry in c.audits
+            ),
+            key=lambda kept: kept[0],
+        )
+        await self._audit(conn, [entry for _, entry in kept])
         for c in (*inserts, *updates, *deletes):
-            if not any(position in lost for position, _, _ in c.audits):
+            if not any(position in lost for position, _ in c.audits):
                 tx.changed.add(c.handle.key)
         return lost
 
-    @staticmethod
-    async def _audit(
-        conn: asyncpg.Connection, audits: Sequence[tuple[str, str, str, list[int] | None]]
-    ) -> None:
-        """One audit entry per applied operation, by COPY."""
-        if audits:
-            await conn.copy_records_to_table(
-                "audit_log", records=audits, columns=["actor", "operation", "handle", "indexes"]
-            )
+    def _entry(
+        self,
+        operation: str,
+        h: hs.Handle,
+        indexes: list[int] | None,
+        before: Record | None,
+        after: Record | None,
+    ) -> audit.Change:
+        return audit.Change(
+            self.actor,
+            operation,
+            h.text,
+            indexes,
+            None if before is None else before.raw,
+            None if after is None else after.raw,
+        )
+
+    async def _audit(self, conn: asyncpg.Connection, entries: Sequence[audit.Change]) -> None:
+        """One audit entry per applied operation: appended now, or staged until the batch
+        commits when it is one transaction (``hold_audit``), so other writers do not wait
+        behind the log's head for the whole batch."""
+        if self.hold_audit:
+            await audit.stage(conn, entries)
+        else:
+            await audit.append(conn, entries)
 
     async def _insert(self, conn: asyncpg.Connection, inserts: Sequence[_Change]) -> set[int]:
         """COPY new records straight into ``handles``; if another writer created one of them
@@ -557,7 +581,7 @@ class BulkWriter:
             position
             for c in inserts
             if (c.handle.prefix_key, c.handle.suffix_key) not in kept
-            for position, _, _ in c.audits
+            for position, _ in c.audits
         }
 
     @staticmethod
@@ -706,6 +730,7 @@ async def run(
         if summary.stopped is not None:
             summary.message += f"; the batch stopped early: {summary.stopped.message}"
         return summary
+    writer.hold_audit = True
     try:
         async with store.writing() as tx:
 
@@ -717,6 +742,7 @@ async def run(
             await _overlapped(_chunks(items, chunk_size, summary), atomic, writer.prepare)
             if summary.failed or summary.stopped is not None:
                 raise _RolledBack
+            await audit.append_staged(tx.conn)
     except _RolledBack:
         why = summary.stopped.message if summary.stopped else f"{summary.failed} failed"
         summary.message = f"nothing was written: {why}"

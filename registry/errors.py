@@ -75,6 +75,13 @@ class HandleNotFound(ClientError):
     http_status = 404
 
 
+class AuditNotFound(ClientError):
+    """no such audit entry, tree size or checkpoint"""
+
+    response_code = 100
+    http_status = 404
+
+
 class HandleAlreadyExists(ClientError):
     """Handle already exists."""
 

@@ -353,3 +353,34 @@ class NodeKey:
         """The HS_PUBKEY value publishing this key (Handle binary encoding, public read)."""
         encoded = base64.b64encode(encode_handle_key(self.public)).decode("ascii")
         return hv.Value(NODE_KEY_INDEX, PUBKEY_TYPE, "base64", encoded, timestamp=timestamp)
+
+
+class AuditKey:
+    """The node's Ed25519 key that signs the audit log's checkpoints.
+
+    A key of its own, apart from the RSA node key: checkpoints are read by auditors
+    and top-level nodes that may pin it for years, and it never signs anything else.
+    """
+
+    def __init__(self, private: ed25519.Ed25519PrivateKey) -> None:
+        self._private = private
+        self.public = private.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> AuditKey:
+        if not path.exists():
+            pem = ed25519.Ed25519PrivateKey.generate().private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+            _create_exclusively(path, pem)
+        private = serialization.load_pem_private_key(_read_private(path), password=None)
+        if not isinstance(private, ed25519.Ed25519PrivateKey):
+            raise ValueError(f"{path} must hold an Ed25519 private key")
+        return cls(private)
+
+    def sign(self, message: bytes) -> bytes:
+        return self._private.sign(message)

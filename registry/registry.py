@@ -26,7 +26,7 @@ from registry.errors import (
     ValueAlreadyExists,
     ValuesNotFound,
 )
-from registry.keys import NodeKey, Sealer
+from registry.keys import AuditKey, NodeKey, Sealer
 from registry.permissions import Perm
 from registry.secrets import hash_secret, is_hashed
 from registry.store import Record, Store, Transaction
@@ -111,12 +111,15 @@ class Registry:
         clock: Clock = time.time,
         sealer: Sealer | None = None,
         node_key: NodeKey | None = None,
+        audit_key: AuditKey | None = None,
     ) -> None:
         self.store = store
         self.authority = Authority(store, sealer, None if node_key is None else node_key.public)
         self.clock = clock
         self.sealer = sealer
         self.node_key = node_key
+        self.audit_key = audit_key
+        """Signs the audit log's checkpoints; None: checkpoints are not made."""
         self.templates = Templates()
 
     def timestamp(self) -> str:
@@ -163,7 +166,7 @@ class Registry:
                 await self._check_template(tx, h, values)
                 if not await tx.insert(h, values):
                     raise HandleAlreadyExists(handle=h.text)
-                await tx.audit(str(who), "create", h.text, [v.index for v in values])
+                await tx.audit(str(who), "create", h, [v.index for v in values])
                 return PutResult(h.text, created=True)
             if not overwrite:
                 raise HandleAlreadyExists(handle=h.text)
@@ -173,7 +176,7 @@ class Registry:
             values = keep_timestamps(old.values, values)
             await self._check_template(tx, h, values)
             await tx.update(h, values)
-            await tx.audit(str(who), "replace", h.text, [v.index for v in values])
+            await tx.audit(str(who), "replace", h, [v.index for v in values], before=old)
             return PutResult(h.text, created=False)
 
     async def put_values(
@@ -213,7 +216,7 @@ class Registry:
             merged = keep_timestamps(old.values, merged)
             await self._check_template(tx, h, merged)
             await tx.update(h, merged)
-            await tx.audit(str(who), "put-values", h.text, sorted(wanted))
+            await tx.audit(str(who), "put-values", h, sorted(wanted), before=old)
         return PutResult(h.text, created=not overwrite)
 
     async def delete_record(self, who: Identity | None, h: hs.Handle) -> None:
@@ -226,7 +229,7 @@ class Registry:
                 )
             await self.authority.require(who, h, [Perm.DELETE_HANDLE], old.values, tx)
             await tx.delete(h)
-            await tx.audit(str(who), "delete", h.text)
+            await tx.audit(str(who), "delete", h, before=old)
 
     async def delete_values(
         self, who: Identity | None, h: hs.Handle, indexes: Sequence[int]
@@ -247,7 +250,7 @@ class Registry:
             )
             await self._check_template(tx, h, kept)
             await tx.update(h, kept)
-            await tx.audit(str(who), "delete-values", h.text, sorted(wanted))
+            await tx.audit(str(who), "delete-values", h, sorted(wanted), before=old)
 
     async def _check_template(
         self, tx: Transaction, h: hs.Handle, values: Sequence[hv.Value]
@@ -316,9 +319,12 @@ class Registry:
         async with self.store.writing() as tx:
             if not await tx.home_prefix(prefix):
                 return False
-            if not await tx.insert(record, values):
+            old = await tx.lock(record)
+            if old is None:
+                await tx.insert(record, values)
+            else:
                 await tx.update(record, values)
-            await tx.audit(actor, "home-prefix", record.text, [v.index for v in values])
+            await tx.audit(actor, "home-prefix", record, [v.index for v in values], before=old)
         return True
 
     async def publish_node_key(self) -> int:
@@ -348,6 +354,6 @@ class Registry:
                     continue
                 kept = [v for v in old.values if v.index != fresh.index]
                 await tx.update(h, [*kept, fresh])
-                await tx.audit("node", "publish-node-key", h.text, [fresh.index])
+                await tx.audit("node", "publish-node-key", h, [fresh.index], before=old)
                 changed += 1
         return changed

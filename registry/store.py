@@ -16,6 +16,7 @@ from typing import Protocol
 import asyncpg
 import orjson
 
+from registry import audit
 from registry import values as hv
 from registry.errors import NotResponsible, ServerTooBusy, StoreError
 from registry.handle import Handle, fold
@@ -173,6 +174,8 @@ class Transaction:
     def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn
         self.changed: set[str] = set()
+        self._written: dict[str, str | None] = {}
+        """The content each changed handle was left with (None: deleted), for its audit entry."""
 
     @property
     def conn(self) -> asyncpg.Connection:
@@ -195,27 +198,31 @@ class Transaction:
 
     async def insert(self, h: Handle, values: Sequence[hv.Value]) -> bool:
         """Create a record; False when it exists already."""
+        columns = stored_columns(values)
         inserted = await self._conn.fetchval(
             'INSERT INTO handles (prefix_key, suffix_key, handle, "values", all_public, public_ttl)'
             " VALUES ($1, $2, $3, $4::json, $5, $6) ON CONFLICT DO NOTHING RETURNING true",
             h.prefix_key,
             h.suffix_key,
             h.text,
-            *stored_columns(values),
+            *columns,
         )
         if inserted:
             self.changed.add(h.key)
+            self._written[h.key] = columns[0]
         return bool(inserted)
 
     async def update(self, h: Handle, values: Sequence[hv.Value]) -> None:
+        columns = stored_columns(values)
         await self._conn.execute(
             'UPDATE handles SET "values" = $3::json, all_public = $4, public_ttl = $5,'
             " updated_at = now() WHERE prefix_key = $1 AND suffix_key = $2",
             h.prefix_key,
             h.suffix_key,
-            *stored_columns(values),
+            *columns,
         )
         self.changed.add(h.key)
+        self._written[h.key] = columns[0]
 
     async def delete(self, h: Handle) -> bool:
         status = await self._conn.execute(
@@ -224,6 +231,7 @@ class Transaction:
             h.suffix_key,
         )
         self.changed.add(h.key)
+        self._written[h.key] = None
         return bool(status.endswith(" 1"))
 
     async def home_prefix(self, prefix: str) -> bool:
@@ -238,15 +246,20 @@ class Transaction:
         )
 
     async def audit(
-        self, actor: str, operation: str, handle: str, indexes: Sequence[int] | None = None
+        self,
+        actor: str,
+        operation: str,
+        h: Handle,
+        indexes: Sequence[int] | None = None,
+        *,
+        before: Record | None = None,
     ) -> None:
-        await self._conn.execute(
-            "INSERT INTO audit_log (actor, operation, handle, indexes) VALUES ($1, $2, $3, $4)",
-            actor,
-            operation,
-            handle,
-            list(indexes) if indexes is not None else None,
-        )
+        """Append the audit entry of this transaction's change to ``h`` (last, before commit):
+        its content ``before`` and the content this transaction left it with."""
+        after = self._written.get(h.key)
+        content = None if before is None else before.raw
+        change = audit.Change(actor, operation, h.text, indexes, content, after)
+        await audit.append(self._conn, [change])
 
 
 ChangeHook = Callable[[Collection[str]], None]

@@ -36,6 +36,7 @@ import asyncpg
 import jsonschema_rs
 import orjson
 
+from registry import audit
 from registry import handle as hs
 from registry import values as hv
 from registry.errors import HandleNotFound, InvalidTemplate, StoreError, TemplateViolation
@@ -559,24 +560,27 @@ class Templates:
                 "SELECT pg_advisory_xact_lock(hashtextextended('idnode-template:' || $1, 0))", key
             )
             latest = await conn.fetchrow(
-                "SELECT version, schema IS NULL AS removed FROM templates WHERE prefix_key = $1"
+                "SELECT version, schema::text AS schema FROM templates WHERE prefix_key = $1"
                 " ORDER BY version DESC LIMIT 1",
                 key,
             )
-            if schema is None and (latest is None or latest["removed"]):
+            before = None if latest is None else latest["schema"]
+            if schema is None and before is None:
                 raise HandleNotFound(f"prefix {prefix} has no data template", handle=prefix)
             version = 1 if latest is None else latest["version"] + 1
+            after = None if schema is None else orjson.dumps(schema).decode()
             await conn.execute(
                 "INSERT INTO templates (prefix_key, version, prefix, schema, actor)"
                 " VALUES ($1, $2, $3, $4::json, $5)",
                 key,
                 version,
                 prefix,
-                None if schema is None else orjson.dumps(schema).decode(),
+                after,
                 actor,
             )
-        operation = "template-set" if schema is not None else "template-remove"
-        await tx.audit(actor, operation, hs.prefix_record(prefix).text)
+            operation = "template-set" if schema is not None else "template-remove"
+            record = hs.prefix_record(prefix).text
+            await audit.append(conn, [audit.Change(actor, operation, record, None, before, after)])
         return version
 
 

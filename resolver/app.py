@@ -18,7 +18,7 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from registry import migrate
+from registry import audit, migrate
 from registry.errors import (
     AuthenticationNeeded,
     ClientError,
@@ -32,11 +32,11 @@ from registry.errors import (
     RequestTimeout,
     ServerTooBusy,
 )
-from registry.keys import NodeKey, Sealer
+from registry.keys import AuditKey, NodeKey, Sealer
 from registry.registry import Clock, Registry
 from registry.sessions import Sessions
 from registry.store import Store, create_pool
-from resolver import api, batch_api, browser, search_api, templates_api
+from resolver import api, audit_api, batch_api, browser, search_api, templates_api
 from resolver.authn import IDENTITY, Authenticator, Security
 from resolver.authn import add_routes as authn_routes
 from resolver.cache import Cache
@@ -176,6 +176,7 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
     started = time.perf_counter()
     endpoint = request.match_info.route.name or "other"
     request[REQUEST_ID] = request_id = _request_id(request)
+    audit.CLIENT.set(request.remote)
     try:
         if not node.startup.done and endpoint not in UNLIMITED_ENDPOINTS:
             raise ServerTooBusy(f"the node is starting: {node.startup.problem}")
@@ -311,9 +312,10 @@ def node_registry(config: Config, store: Store, *, clock: Clock = time.time) -> 
     try:
         sealer = Sealer.load_or_create(config.sealing_key_path)
         node_key = NodeKey.load_or_create(config.node_key_path)
+        audit_key = AuditKey.load_or_create(config.audit_key_path)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"node keys: {exc}") from None
-    return Registry(store, clock=clock, sealer=sealer, node_key=node_key)
+    return Registry(store, clock=clock, sealer=sealer, node_key=node_key, audit_key=audit_key)
 
 
 async def bootstrap(config: Config, registry: Registry) -> None:
@@ -428,9 +430,17 @@ def create_app(
         )
         flusher = asyncio.create_task(_flush_metrics(metrics))
         starting = asyncio.create_task(bring_up(config, registry, startup, first=first_worker))
+        checkpointer = audit_api.Checkpointer(
+            store,
+            registry,
+            every_entries=config.checkpoint_entries,
+            every_seconds=config.checkpoint_seconds,
+            clock=clock,
+        )
+        checkpointing = asyncio.create_task(checkpointer.run(lambda: startup.done))
         await asyncio.wait({starting}, timeout=STARTUP_WAIT_SECONDS)  # then serve: 503s say why
         yield
-        for task in (flusher, starting):
+        for task in (flusher, starting, checkpointing):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -445,6 +455,7 @@ def create_app(
             pool.terminate()
 
     app.cleanup_ctx.append(lifecycle)
+    audit_api.add_routes(app)  # first: /api/handles/{handle}/history
     api.add_routes(app)
     authn_routes(app, lambda request: request.app[api.NODE].authn)
     app.router.add_get("/healthz", healthz, name="healthz")

@@ -144,6 +144,21 @@ SETTINGS: dict[str, Setting] = {
     "batch_max_bytes": Setting(
         "IDNODE_BATCH_MAX_BYTES", "4294967296", "largest body of one POST /api/batch, in bytes"
     ),
+    # audit log
+    "audit_key": Setting(
+        "IDNODE_AUDIT_KEY",
+        None,
+        "the Ed25519 key signing the audit log's checkpoints (PEM); created on first start"
+        " (default DATA_DIR/keys/audit.pem)",
+    ),
+    "checkpoint_entries": Setting(
+        "IDNODE_CHECKPOINT_ENTRIES", "1000", "sign a checkpoint after this many new audit entries"
+    ),
+    "checkpoint_seconds": Setting(
+        "IDNODE_CHECKPOINT_SECONDS",
+        "60",
+        "sign a checkpoint of new audit entries at least this often (0: only by count or demand)",
+    ),
 }
 
 
@@ -182,6 +197,9 @@ class Config:
     shutdown_grace: float = 10.0
     batch_max_items: int = 1000000
     batch_max_bytes: int = 4294967296
+    audit_key: Path | None = None
+    checkpoint_entries: int = 1000
+    checkpoint_seconds: float = 60.0
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
     """Where each setting that is not at its default came from."""
 
@@ -196,6 +214,10 @@ class Config:
     @property
     def sealing_key_path(self) -> Path:
         return self.sealing_key or self.data_dir / "keys" / "sealing.key"
+
+    @property
+    def audit_key_path(self) -> Path:
+        return self.audit_key or self.data_dir / "keys" / "audit.pem"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
@@ -251,6 +273,11 @@ class Config:
         values["shutdown_grace"] = parse("shutdown_grace", raw, float, _within(0.0, 3600.0))
         values["batch_max_items"] = parse("batch_max_items", raw, int, _between(1, 10**9))
         values["batch_max_bytes"] = parse("batch_max_bytes", raw, int, _between(1024, 2**50))
+        values["audit_key"] = parse("audit_key", raw, Path, _non_empty)
+        values["checkpoint_entries"] = parse("checkpoint_entries", raw, int, _between(1, 10**9))
+        values["checkpoint_seconds"] = parse(
+            "checkpoint_seconds", raw, float, _within(0.0, 86400.0 * 30)
+        )
         if (values["tls_cert"] is None) != (values["tls_key"] is None):
             raise ConfigError("IDNODE_TLS_CERT and IDNODE_TLS_KEY: set both or neither")
         return cls(**values, sources=dict(sources))

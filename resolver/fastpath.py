@@ -76,6 +76,8 @@ def parse_head(head: bytes) -> Request | None:
     target = parts[1]
     if not target.startswith(API_PATH) or b"?" in target or b"#" in target:
         return None
+    if target.endswith(b"/history"):
+        return None  # a history request, or a record named so: aiohttp tells them apart
     etags = None
     close = False
     for line in lines[1:]:
