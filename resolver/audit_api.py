@@ -27,7 +27,13 @@ from multidict import MultiMapping
 from registry import audit
 from registry import handle as hs
 from registry import values as hv
-from registry.errors import AuditNotFound, ClientError, HandleNotFound, ProtocolError
+from registry.errors import (
+    AuditNotFound,
+    AuthenticationNeeded,
+    ClientError,
+    HandleNotFound,
+    ProtocolError,
+)
 from registry.permissions import Perm
 from registry.registry import Registry
 from registry.store import Store, translated
@@ -65,7 +71,8 @@ async def get_checkpoint(request: web.Request) -> web.Response:
 
 async def post_checkpoint(request: web.Request) -> web.Response:
     node = request.app[api.NODE]
-    await node.authn.caller(request, needs_identity=True)
+    if await node.authn.caller(request, needs_identity=True) is None:
+        raise AuthenticationNeeded("signing a checkpoint needs an authenticated identity")
     key = node.registry.audit_key
     if key is None:
         raise AuditNotFound("this node signs no checkpoints")

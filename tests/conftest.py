@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from registry import migrate
-from registry.keys import NodeKey, Sealer
+from registry.keys import AuditKey, NodeKey, Sealer
 from registry.registry import Registry
 from registry.store import Store, create_pool
 from resolver.api import NODE
@@ -151,6 +151,7 @@ def key_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("keys")
     NodeKey.load_or_create(path / "node.pem")
     Sealer.load_or_create(path / "sealing.key")
+    AuditKey.load_or_create(path / "audit.pem")
     return path
 
 
@@ -161,11 +162,12 @@ def node_config(key_dir: Path, **settings: Any) -> Config:
     suite sends bursts, and wrong credentials on purpose, from loopback.
     """
     unlimited: dict[str, Any] = {"read_rate": 0.0, "write_rate": 0.0, "auth_backoff_max": 0.0}
-    return Config(
-        node_key=key_dir / "node.pem",
-        sealing_key=key_dir / "sealing.key",
-        **{**unlimited, **settings},
-    )
+    keys = {
+        "node_key": key_dir / "node.pem",
+        "sealing_key": key_dir / "sealing.key",
+        "audit_key": key_dir / "audit.pem",
+    }
+    return Config(**{**keys, **unlimited, **settings})
 
 
 @pytest.fixture
