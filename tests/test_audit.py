@@ -568,3 +568,49 @@ async def test_batches_append_one_entry_per_operation_in_order(
     assert {r["client"] for r in rows} == {"127.0.0.1"}
     seqs = [r["seq"] for r in await store.pool.fetch("SELECT seq FROM audit_log ORDER BY seq")]
     assert seqs == list(range(len(seqs)))
+
+
+async def test_the_production_role_of_the_readme_cannot_touch_the_log(log: Log) -> None:
+    """The README's SQL, run as written: the node works as that role, the log stays its own."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("**Append-only in the database.**") :]
+    block = section[section.index("```sql\n") + 7 : section.index("```\n", section.index("```sql"))]
+    role = f"idnode_app_{os.urandom(4).hex()}"
+    statements = [
+        line.replace("idnode_app", role).replace("'…'", "'app-secret'")
+        for line in block.splitlines()
+        if line.strip() and not line.startswith("--")
+    ]
+    owner = await asyncpg.connect(log.db)
+    try:
+        for statement in statements:
+            await owner.execute(statement)
+    finally:
+        await owner.close()
+    base, _, query = log.db.partition("?")
+    scheme, _, rest = base.partition("://")
+    authority, _, database = rest.partition("/")
+    host = authority.rpartition("@")[2]
+    url = f"{scheme}://{role}:app-secret@{host}/{database}" + (f"?{query}" if query else "")
+    pool = await create_pool(url, max_size=2)
+    try:
+        registry = node_registry(
+            node_config(log.key_path.parent, audit_key=log.key_path), Store(pool)
+        )
+        assert await registry.home_prefix("88.300.11", "s3cret")
+        async with pool.acquire() as conn:
+            await audit.integrate(conn)
+            assert await audit.make_checkpoint(conn, log.key, registry.clock) is not None
+            for sql in (
+                "UPDATE audit_log SET actor = 'x'",
+                "DELETE FROM audit_log",
+                "TRUNCATE audit_log",
+                "DELETE FROM audit_checkpoints",
+                "ALTER TABLE audit_log DISABLE TRIGGER audit_log_append_only",
+                "DROP TRIGGER audit_log_append_only ON audit_log",
+                "SET session_replication_role = replica",
+            ):
+                with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                    await conn.execute(sql)
+    finally:
+        await pool.close()
