@@ -108,7 +108,8 @@ def test_names_that_map_to_no_handle(text: str, reason: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["id.example.", "8.118.88.id.example.", "_.8.118.88.id.example.", "x_.a_._.8.id.example."]
+    "text",
+    ["id.example.", "8.118.88.id.example.", "_.8.118.88.id.example.", "x_.a_._.8.id.example."],
 )
 def test_ancestors_of_handle_names(text: str) -> None:
     assert classify(name(text), ZONE) == Ancestor()
