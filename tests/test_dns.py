@@ -23,11 +23,16 @@ import dns.rcode
 import dns.rdatatype
 import dns.resolver
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from registry.errors import ConfigError
+from registry.errors import ConfigError, NotResponsible
 from registry.handle import parse
 from resolver.config import Config
+from resolver.dns_answers import Zone
+from resolver.dns_front import DnsFront
 from resolver.dns_names import to_name
+from resolver.metrics import Metrics
 from tests.conftest import RunningNode, Tenant, TenantFactory, free_port, running
 
 ZONE = "id.example."
@@ -470,3 +475,51 @@ def test_dns_settings_are_normalised() -> None:
 
 async def test_no_dns_front_end_by_default(node: RunningNode) -> None:
     assert node.metrics.flush_hooks == []
+
+
+# --- fuzzing the message handling in-process -----------------------------------------------
+
+
+class _Nowhere:
+    """A pipeline stage for prefixes homed elsewhere: every lookup is NotResponsible."""
+
+    def lookup(self, h: Any, *, authoritative: bool = False) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future.set_exception(NotResponsible(handle=h.text))
+        return future
+
+
+_VALID = dns.message.make_query("a._.8.118.88.id.example.", "TXT", use_edns=0).to_wire()
+
+
+def _answers_to(data: bytes) -> list[bytes]:
+    async def run() -> list[bytes]:
+        zone = Zone(ORIGIN, dns.name.from_text("ns.id.example."), 60, _Nowhere())
+        front = DnsFront(zone, None, Metrics())
+        sent: list[bytes] = []
+        front.answer(data, "udp", sent.append)
+        front.answer(data, "tcp", sent.append)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        await front.stop()
+        return sent
+
+    return asyncio.run(run())
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.binary(max_size=600),
+        st.lists(st.tuples(st.integers(0, len(_VALID) - 1), st.integers(0, 255)), max_size=6).map(
+            lambda edits: bytes(
+                dict(edits).get(i, b) for i, b in enumerate(_VALID)
+            )  # some bytes of a valid query changed
+        ),
+        st.integers(0, len(_VALID)).map(lambda n: _VALID[:n]),  # a valid query cut short
+    )
+)
+def test_any_bytes_get_a_well_formed_answer_or_none(data: bytes) -> None:
+    for reply in _answers_to(data):
+        assert reply[:2] == data[:2] and reply[2] & 0x80  # the query's id, QR set
+        dns.message.from_wire(reply)  # well-formed
