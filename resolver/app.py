@@ -36,7 +36,7 @@ from registry.keys import AuditKey, NodeKey, Sealer
 from registry.registry import Clock, Registry
 from registry.sessions import Sessions
 from registry.store import Store, create_pool
-from resolver import api, audit_api, batch_api, browser, search_api, templates_api
+from resolver import api, audit_api, batch_api, browser, dns_front, search_api, templates_api
 from resolver.authn import IDENTITY, Authenticator, Security
 from resolver.authn import add_routes as authn_routes
 from resolver.cache import Cache
@@ -439,7 +439,10 @@ def create_app(
         )
         checkpointing = asyncio.create_task(checkpointer.run(lambda: startup.done))
         await asyncio.wait({starting}, timeout=STARTUP_WAIT_SECONDS)  # then serve: 503s say why
+        dns = await dns_front.serve(app[api.NODE])  # None unless IDNODE_DNS_PORT is set
         yield
+        if dns is not None:
+            await dns.stop()
         for task in (flusher, starting, checkpointing):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -18,6 +18,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+import dns.exception
+import dns.name
+
 from registry.errors import ConfigError, InvalidHandle
 from registry.handle import check_prefix
 
@@ -159,6 +162,19 @@ SETTINGS: dict[str, Setting] = {
         "60",
         "sign a checkpoint of new audit entries at least this often (0: only by count or demand)",
     ),
+    # DNS front-end (resolver/dns_front.py)
+    "dns_port": Setting(
+        "IDNODE_DNS_PORT", "0", "UDP and TCP port of the DNS front-end (0: no DNS front-end)"
+    ),
+    "dns_host": Setting(
+        "IDNODE_DNS_HOST", None, "address the DNS front-end listens on (default: IDNODE_HOST)"
+    ),
+    "dns_zone": Setting(
+        "IDNODE_DNS_ZONE", "id.example.", "DNS zone whose names stand for the node's handles"
+    ),
+    "dns_nameserver": Setting(
+        "IDNODE_DNS_NAMESERVER", None, "host name in the zone's SOA and NS (default: ns.<zone>)"
+    ),
 }
 
 
@@ -200,6 +216,10 @@ class Config:
     audit_key: Path | None = None
     checkpoint_entries: int = 1000
     checkpoint_seconds: float = 60.0
+    dns_port: int = 0
+    dns_host: str | None = None
+    dns_zone: str = "id.example."
+    dns_nameserver: str | None = None
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
     """Where each setting that is not at its default came from."""
 
@@ -278,6 +298,10 @@ class Config:
         values["checkpoint_seconds"] = parse(
             "checkpoint_seconds", raw, float, _within(0.0, 86400.0 * 30)
         )
+        values["dns_port"] = parse("dns_port", raw, int, _between(0, 65535))
+        values["dns_host"] = parse("dns_host", raw, str, _non_empty)
+        values["dns_zone"] = parse("dns_zone", raw, _dns_name, _any)
+        values["dns_nameserver"] = parse("dns_nameserver", raw, _dns_name, _any)
         if (values["tls_cert"] is None) != (values["tls_key"] is None):
             raise ConfigError("IDNODE_TLS_CERT and IDNODE_TLS_KEY: set both or neither")
         return cls(**values, sources=dict(sources))
@@ -410,6 +434,20 @@ def _prefix(value: str) -> str:
     except InvalidHandle as exc:
         return f"not a valid prefix ({exc.message})"
     return ""
+
+
+def _dns_name(text: str) -> str:
+    """A DNS name in its absolute text form (``id.example.``); ValueError if it is none."""
+    try:
+        name = dns.name.from_text(text)
+    except dns.exception.DNSException as exc:
+        raise ValueError(str(exc)) from None
+    if name == dns.name.root:
+        raise ValueError("the root")
+    return name.to_text()
+
+
+_dns_name.__name__ = "a DNS name"
 
 
 def _log_level(value: str) -> str:

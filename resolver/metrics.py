@@ -11,6 +11,8 @@ counts into the Prometheus metrics, once a second and before every scrape.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess as prom_multiprocess
 
@@ -111,6 +113,22 @@ class Metrics:
             buckets=DURATION_BUCKETS,
             registry=r,
         )
+        # DNS front-end (resolver.dns_front): counted in plain integers, moved in by flush()
+        self.dns_requests = Counter(
+            "idnode_dns_requests_total",
+            "DNS messages answered (or dropped), by transport, query type and response code.",
+            ["transport", "qtype", "rcode"],
+            registry=r,
+        )
+        self.dns_duration = Histogram(
+            "idnode_dns_request_duration_seconds",
+            "Time to answer a DNS query, by transport.",
+            ["transport"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.flush_hooks: list[Callable[[], None]] = []
+        """Called by ``flush()``: front-ends that count on their hot path move counts in."""
         Gauge(
             "idnode_build_info",
             "Build information.",
@@ -130,6 +148,8 @@ class Metrics:
 
     def flush(self) -> None:
         """Move the cache's counts and the pool's size into the metrics."""
+        for hook in self.flush_hooks:
+            hook()
         if self._store is not None:
             self.pool_size.set(self._store.pool.get_size())
             self.pool_idle.set(self._store.pool.get_idle_size())
