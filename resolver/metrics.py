@@ -11,6 +11,8 @@ counts into the Prometheus metrics, once a second and before every scrape.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess as prom_multiprocess
 
@@ -111,6 +113,28 @@ class Metrics:
             buckets=DURATION_BUCKETS,
             registry=r,
         )
+        # upstream nodes (resolver/upstream.py): no URL or prefix labels
+        self.upstream_requests = Counter(
+            "idnode_upstream_requests_total",
+            "Requests to other nodes, by result"
+            " (ok, not_found, unavailable, invalid, refused by an open circuit).",
+            ["result"],
+            registry=r,
+        )
+        self.upstream_duration = Histogram(
+            "idnode_upstream_request_duration_seconds",
+            "Time of one request to another node.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=r,
+        )
+        self.upstream_circuits = Gauge(
+            "idnode_upstream_circuit_state",
+            "Upstream nodes whose circuit breaker is in each state (closed, open, half_open).",
+            ["state"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.circuit_states: Callable[[], dict[str, int]] | None = None
         Gauge(
             "idnode_build_info",
             "Build information.",
@@ -133,6 +157,9 @@ class Metrics:
         if self._store is not None:
             self.pool_size.set(self._store.pool.get_size())
             self.pool_idle.set(self._store.pool.get_idle_size())
+        if self.circuit_states is not None:
+            for state, count in self.circuit_states().items():
+                self.upstream_circuits.labels(state).set(count)
         cache = self._cache
         if cache is None:
             return
