@@ -154,7 +154,7 @@ SETTINGS: dict[str, Setting] = {
     ),
     "upstreams": Setting(
         "IDNODE_UPSTREAMS",
-        "",
+        None,
         "static map of prefixes to node base URLs, e.g. 88.200=http://10.0.0.5:8000,88.300=https://n3",
     ),
     "root_url": Setting(
@@ -223,7 +223,7 @@ class Config:
     batch_max_items: int = 1000000
     batch_max_bytes: int = 4294967296
     recursion: bool = False
-    upstreams: str = ""
+    upstreams: str | None = None
     root_url: str | None = None
     upstream_timeout: float = 2.0
     upstream_ttl_min: int = 5
@@ -237,7 +237,7 @@ class Config:
     @property
     def upstream_map(self) -> dict[str, str]:
         """IDNODE_UPSTREAMS as {prefix: base URL}."""
-        return _upstream_map(self.upstreams)
+        return _upstream_map(self.upstreams or "")
 
     @property
     def tls(self) -> bool:
