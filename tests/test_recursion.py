@@ -10,10 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +47,7 @@ from resolver.upstream import (
     interpret,
     parse_via,
 )
-from tests.conftest import Tenant, _with_database, free_port, node_config
+from tests.conftest import Tenant, _with_database, free_port, node_config, served
 
 
 class FakeClock:
@@ -264,6 +270,9 @@ async def bad_upstream() -> AsyncIterator[tuple[str, dict[str, int]]]:
             return web.json_response({**good, "handle": "66.3/someone-else"})
         if prefix == "66.4":
             return web.json_response({"responseCode": 3, "handle": handle}, status=503)
+        if prefix == "66.7":
+            await asyncio.sleep(0.2)
+            return web.json_response(good)
         if prefix == "66.5":
             bad = {"index": "x", "type": "URL", "data": "a", "timestamp": ""}
             return web.json_response({**good, "values": [bad]})
@@ -291,7 +300,7 @@ async def recursive(
     url, counts = bad_upstream
     clock = FakeClock()
     port = free_port()
-    static = ",".join(f"66.{n}={url}" for n in range(1, 7)) + f",66.8=http://127.0.0.1:{port}"
+    static = ",".join(f"66.{n}={url}" for n in range(1, 8)) + f",66.8=http://127.0.0.1:{port}"
     async with serving(
         await databases(),
         tmp_path,
@@ -312,6 +321,78 @@ async def test_static_map_needs_no_root(recursive: tuple[Node, FakeClock, dict[s
     assert counts["66.6.1"] == 1
     status, doc = await node.get("55.1/x")
     assert (status, doc["responseCode"]) == (400, 301), "no upstream for it: not responsible"
+
+
+async def test_concurrent_misses_make_one_upstream_request(
+    recursive: tuple[Node, FakeClock, dict[str, int]],
+) -> None:
+    node, _, counts = recursive
+    answers = await asyncio.gather(*(node.get("66.7/same") for _ in range(20)))
+    assert all(status == 200 for status, _ in answers)
+    assert counts["66.7"] == 1
+
+
+async def test_publishing_the_site_writes_only_when_it_differs(h: Hierarchy) -> None:
+    registry = h.b.app[NODE].registry
+    assert await registry.publish_site() == 0, "published when homed; unchanged since"
+    registry.site = partial(site_value, "http://10.9.9.9:8000")
+    assert await registry.publish_site() == 2, "both homed prefixes"
+    assert await registry.publish_site() == 0
+    status, doc = await h.b.get("0.NA/88.200")
+    assert site_urls(_values(doc)) == ["http://10.9.9.9:8000"]
+
+
+def test_idnode_serve_recurses_on_the_fast_path(
+    db_url: str, tmp_path: Path, bad_upstream_process: str
+) -> None:
+    with served(
+        db_url, tmp_path, IDNODE_RECURSION="true", IDNODE_UPSTREAMS=f"66.6={bad_upstream_process}"
+    ) as (url, _):
+        for _ in range(2):  # a miss through the pipeline, then a cached answer
+            status, body = http_get(f"{url}/api/handles/66.6/fast")
+            assert status == 200 and b'"handle":"66.6/fast"' in body
+        status, body = http_get(f"{url}/api/handles/66.6/fast", {VIA_HEADER: "ab,cd,ef,01"})
+        assert status == 200, "a cached answer is served whatever the chain"
+        status, body = http_get(f"{url}/api/handles/66.6/other", {VIA_HEADER: "ab,cd,ef,01"})
+        assert status == 502 and b"hops" in body
+
+
+@pytest.fixture
+def bad_upstream_process(tmp_path: Path) -> Iterator[str]:
+    """A stand-in upstream in its own process (the test's event loop is not running)."""
+    port = free_port()
+    code = (
+        "from aiohttp import web\n"
+        "async def answer(r):\n"
+        "    h = r.match_info['handle']\n"
+        "    return web.json_response({'responseCode': 1, 'handle': h, 'values': []})\n"
+        "app = web.Application()\n"
+        "app.router.add_get('/api/handles/{handle:.*}', answer)\n"
+        f"web.run_app(app, host='127.0.0.1', port={port}, print=None)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the stand-in upstream did not start"
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
 
 
 @pytest.mark.parametrize(
