@@ -33,10 +33,17 @@ SITE_TYPE = "HS_SITE"
 SITE_INDEX = 1
 """Where a homed prefix's record carries this node's HS_SITE (CNRI's servers use index 1)."""
 URL_ATTRIBUTE = "idnode.url"
+MAX_DEPTH = 10
+"""Segments of the deepest prefix a walk up considers (a handle may have hundreds)."""
 _PROTOCOL_OF_SCHEME = {"http": 2, "https": 3}
 
 Query = Callable[[str, Handle, tuple[str, ...]], Awaitable[Entry]]
 """Ask the node at a base URL for a handle: (base URL, handle, via chain) → entry."""
+
+
+def walk(prefix: str) -> list[str]:
+    """``prefix`` and the prefixes it derives from, longest first, at most ``MAX_DEPTH`` deep."""
+    return [p for p in hs.parent_prefixes(prefix) if p.count(".") < MAX_DEPTH]
 
 
 def advertised_site(base_url: str) -> Site:
@@ -147,7 +154,7 @@ class Sites:
                     handle=h.text,
                 )
             return self.root
-        for prefix in hs.parent_prefixes(h.prefix_key):
+        for prefix in walk(h.prefix_key):
             if prefix in self.static:
                 return self.static[prefix]
         if self.root is None:
@@ -156,7 +163,7 @@ class Sites:
                 " and IDNODE_ROOT_URL is not set",
                 handle=h.text,
             )
-        for prefix in hs.parent_prefixes(h.prefix_key):
+        for prefix in walk(h.prefix_key):
             url = await self._site_of(prefix, via)
             if url is not None:
                 return url

@@ -39,7 +39,6 @@ from aiohttp import web
 from lru import LRU
 from yarl import URL
 
-from registry import handle as hs
 from registry import values as hv
 from registry.errors import ClientError, NotResponsible, ServerTooBusy
 from registry.handle import Handle, fold
@@ -49,7 +48,7 @@ from resolver.cache import Clock, Entry
 from resolver.config import Config
 from resolver.metrics import Metrics
 from resolver.pipeline import Stage, encode
-from resolver.sites import Sites
+from resolver.sites import Sites, walk
 
 VIA_HEADER = "X-Idnode-Via"
 MAX_HOPS = 4
@@ -165,7 +164,7 @@ class Referral:
 
     async def _elsewhere(self, h: Handle, via: tuple[str, ...], exc: NotResponsible) -> Entry:
         if h.is_prefix_record:
-            for parent in hs.parent_prefixes(h.suffix)[1:]:
+            for parent in [p for p in walk(h.suffix_key) if p != h.suffix_key]:
                 if await self.store.is_homed(parent):  # a delegation this node holds
                     return encode(await self.store.get(h))
         if self.upstream is None:

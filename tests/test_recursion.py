@@ -238,6 +238,16 @@ async def test_unknown_prefix_is_not_found_at_the_root(h: Hierarchy) -> None:
     assert (status, doc["responseCode"]) == (404, 100)
 
 
+async def test_a_deep_prefix_walks_at_most_ten_levels(h: Hierarchy) -> None:
+    deep = "88." + ".".join(["1"] * 300)
+    asked = h.root.resolved("404") + h.root.resolved("200")
+    status, doc = await h.a.get(f"{deep}/x")
+    assert (status, doc["responseCode"]) == (404, 100)
+    assert h.root.resolved("404") + h.root.resolved("200") - asked == 10
+    status, doc = await h.root.get(f"0.NA/{deep}")
+    assert (status, doc["responseCode"]) == (404, 100), "a derived prefix of 88 without referral"
+
+
 def _values(doc: dict[str, Any]) -> list[Any]:
     return list(Record.of("x/y", [_value(v) for v in doc["values"]]).values)
 
