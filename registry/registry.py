@@ -121,6 +121,8 @@ class Registry:
         self.audit_key = audit_key
         """Signs the audit log's checkpoints; None: checkpoints are not made."""
         self.templates = Templates()
+        self.site: Callable[[str], hv.Value] | None = None
+        """This node's HS_SITE value (given a timestamp), published in homed prefix records."""
 
     def timestamp(self) -> str:
         return format_timestamp(self.clock())
@@ -316,6 +318,8 @@ class Registry:
         ]
         if self.node_key is not None:
             values.append(self.node_key.value(now))
+        if self.site is not None:
+            values.append(self.site(now))
         async with self.store.writing() as tx:
             if not await tx.home_prefix(prefix):
                 return False
@@ -334,26 +338,63 @@ class Registry:
         """
         if self.node_key is None:
             return 0
+        return await self._publish(self.node_key.value(self.timestamp()), "publish-node-key")
+
+    async def publish_site(self) -> int:
+        """Put this node's HS_SITE at its index of every homed prefix record where it differs.
+
+        Answers how many records changed (0 when all were current already).
+        """
+        if self.site is None:
+            return 0
+        return await self._publish(self.site(self.timestamp()), "publish-site")
+
+    async def _publish(self, fresh: hv.Value, operation: str) -> int:
+        """Put ``fresh`` into every homed prefix record where it differs; answer how many."""
         changed = 0
-        fresh = self.node_key.value(self.timestamp())
+        for prefix in await self.store.homed_prefixes():
+            changed += await self._publish_value(hs.prefix_record(prefix), fresh, operation)
+        return changed
+
+    async def _publish_value(self, h: hs.Handle, fresh: hv.Value, operation: str) -> int:
+        """Put ``fresh`` at its index of the record ``h`` unless it is there already."""
 
         def current(record: Record | None) -> bool:
-            """No record to publish into, or the key is there already."""
             value = (
                 next((v for v in record.values if v.index == fresh.index), None) if record else None
             )
             return record is None or (value is not None and value.same_content(fresh))
 
-        for prefix in await self.store.homed_prefixes():
-            h = hs.prefix_record(prefix)
-            if current(await self.store.get(h)):  # the usual restart: no write, no lock
-                continue
-            async with self.store.writing() as tx:
-                old = await tx.lock(h)
-                if old is None or current(old):
-                    continue
-                kept = [v for v in old.values if v.index != fresh.index]
-                await tx.update(h, [*kept, fresh])
-                await tx.audit("node", "publish-node-key", h, [fresh.index], before=old)
-                changed += 1
-        return changed
+        if current(await self.store.get(h)):  # the usual restart: no write, no lock
+            return 0
+        async with self.store.writing() as tx:
+            old = await tx.lock(h)
+            if old is None or current(old):
+                return 0
+            kept = [v for v in old.values if v.index != fresh.index]
+            await tx.update(h, [*kept, fresh])
+            await tx.audit("node", operation, h, [fresh.index], before=old)
+        return 1
+
+    async def delegate(self, prefix: str, site: hv.Value, *, actor: str = "cli") -> bool:
+        """Hold ``0.NA/<prefix>`` with ``site`` for a prefix derived from one homed here.
+
+        This is how a parent (a top-level node homing ``88``) refers others to the node
+        serving ``88.200``. Answers True when the record was created, False when changed.
+        """
+        hs.check_prefix(prefix)
+        if await self.store.is_homed(prefix):
+            raise InvalidValue(f"prefix {prefix} is homed on this node: it needs no delegation")
+        parents = hs.parent_prefixes(prefix)[1:]
+        if not any([await self.store.is_homed(p) for p in parents]):
+            raise NotResponsible(f"no prefix that {prefix} derives from is homed on this node")
+        h = hs.prefix_record(prefix)
+        async with self.store.writing() as tx:
+            old = await tx.lock(h)
+            kept = [v for v in old.values if v.index != site.index] if old else []
+            if old is None:
+                await tx.insert(h, [site])
+            else:
+                await tx.update(h, [*kept, site])
+            await tx.audit(actor, "delegate", h, [site.index], before=old)
+        return old is None

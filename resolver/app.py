@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -46,6 +47,8 @@ from resolver.limits import Limits, RateLimiter, retry_after
 from resolver.logs import access_log, sampled
 from resolver.metrics import Metrics
 from resolver.pipeline import CacheStage, Stage, StoreStage
+from resolver.sites import site_value
+from resolver.upstream import Recursion, via_middleware
 
 log = logging.getLogger("idnode")
 security_log = logging.getLogger("idnode.security")
@@ -315,7 +318,10 @@ def node_registry(config: Config, store: Store, *, clock: Clock = time.time) -> 
         audit_key = AuditKey.load_or_create(config.audit_key_path)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"node keys: {exc}") from None
-    return Registry(store, clock=clock, sealer=sealer, node_key=node_key, audit_key=audit_key)
+    registry = Registry(store, clock=clock, sealer=sealer, node_key=node_key, audit_key=audit_key)
+    if config.advertise_url:
+        registry.site = functools.partial(site_value, config.advertise_url)
+    return registry
 
 
 async def bootstrap(config: Config, registry: Registry) -> None:
@@ -367,6 +373,7 @@ async def bring_up(
             ):
                 raise NotReady("the first worker has not homed the bootstrap prefix yet")
             await registry.publish_node_key()
+            await registry.publish_site()
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             problem = f"waiting for the database ({type(exc).__name__}: {exc})"
         except ClientError as exc:
@@ -396,7 +403,9 @@ def create_app(
     """The node's application. At start-up it migrates the database (and, in the first
     worker, homes the bootstrap prefix); while the database is unreachable it serves
     ``/healthz``, ``/metrics`` and 503s that say why, and keeps trying."""
-    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[errors_and_metrics])
+    app = web.Application(
+        client_max_size=config.max_body_bytes, middlewares=[errors_and_metrics, via_middleware]
+    )
     metrics = metrics or Metrics()
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -409,7 +418,8 @@ def create_app(
             registry.authority, sessions, registry.node_key, security, limits_for(config)
         )
         metrics.watch_pool(store)
-        pipeline: Stage = StoreStage(store, metrics)
+        recursion = Recursion(config, store, metrics, clock=monotonic)
+        pipeline: Stage = recursion.below_cache(StoreStage(store, metrics))
         listener = cache = None
         if config.cache_max_entries:
             cache = Cache(
@@ -424,6 +434,7 @@ def create_app(
             pipeline = CacheStage(pipeline, cache)
             listener = Listener(dsn, cache)
             listener.start()
+        pipeline = recursion.above_cache(pipeline)
         startup = api.Startup()
         app[api.NODE] = api.Node(
             store, registry, pipeline, metrics, authn, listener, cache, config, startup
@@ -449,6 +460,7 @@ def create_app(
                 await task
         if listener is not None:
             await listener.stop()
+        await recursion.close()
         try:
             await asyncio.wait_for(pool.close(), POOL_CLOSE_SECONDS)
         except TimeoutError:

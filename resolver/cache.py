@@ -3,7 +3,8 @@
 Modelled on CoreDNS's cache plugin and Unbound's serve-expired:
 
 - positive and negative entries, each with an absolute expiry (records of
-  prefixes homed here are kept until invalidated, up to a ceiling);
+  prefixes homed here are kept until invalidated, up to a ceiling; an entry
+  fetched from an upstream node carries its own TTL and stale bound);
 - bounded by entry count with LRU eviction (``lru-dict``, a C implementation),
   evictions counted;
 - a resolution is encoded once when it is filled; a hit does no JSON work;
@@ -45,6 +46,10 @@ class Entry:
     """The smallest TTL of the public values: how long clients may keep the answer."""
     expires_at: float = 0.0
     epoch: int = 0
+    ttl: float | None = None
+    """Seconds to keep this entry, when it sets its own (an upstream record's TTL)."""
+    stale_for: float | None = None
+    """Seconds it may be served stale, when it sets its own bound."""
 
     @property
     def positive(self) -> bool:
@@ -114,7 +119,10 @@ class Cache:
     def stale(self, key: str) -> Entry | None:
         """The entry for ``key`` if it stopped being fresh less than ``stale_for`` ago."""
         entry: Entry | None = self._entries.get(key)
-        if entry is None or self.clock() - self._fresh_until(entry) > self.stale_for:
+        if entry is None:
+            return None
+        stale_for = self.stale_for if entry.stale_for is None else entry.stale_for
+        if self.clock() - self._fresh_until(entry) > stale_for:
             return None
         self.stats.stale_served += 1
         return entry
@@ -139,7 +147,9 @@ class Cache:
         del self._flights[key]
         if not self.trusted:
             return False
-        ttl = self.max_age if entry.positive else self.negative_ttl
+        ttl = entry.ttl
+        if ttl is None:
+            ttl = self.max_age if entry.positive else self.negative_ttl
         entry.expires_at = self.clock() + ttl
         entry.epoch = self.epoch
         self._entries[key] = entry

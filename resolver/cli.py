@@ -16,9 +16,10 @@ from registry.store import Store
 from resolver import audit_cli, server, templates_api, transfer
 from resolver.app import node_registry
 from resolver.commands import run, with_store
-from resolver.config import Config
+from resolver.config import Config, check_base_url
 from resolver.database import database_url
 from resolver.logs import configure_logging
+from resolver.sites import site_value
 
 
 def cmd_serve(config: Config, args: argparse.Namespace) -> int:
@@ -59,6 +60,23 @@ def cmd_prefix_list(config: Config, args: argparse.Namespace) -> int:
     return run(with_store(config, work))
 
 
+def cmd_prefix_delegate(config: Config, args: argparse.Namespace) -> int:
+    """Refer others to the node serving a prefix derived from one homed here (recursion)."""
+    problem = check_base_url(args.url)
+    if problem:
+        print(f"idnode: URL {args.url!r} {problem}", file=sys.stderr)
+        return 1
+
+    async def work(store: Store) -> int:
+        registry = node_registry(config, store)
+        site = site_value(args.url, registry.timestamp())
+        created = await registry.delegate(args.prefix, site)
+        print(f"idnode: 0.NA/{args.prefix} {'created' if created else 'changed'}: {args.url}")
+        return 0
+
+    return run(with_store(config, work))
+
+
 def cmd_config_show(config: Config, args: argparse.Namespace) -> int:
     for env, value, source, help_text in config.describe():
         print(f"{env}={value}    # from {source}: {help_text}")
@@ -77,6 +95,12 @@ def parser() -> argparse.ArgumentParser:
     add.add_argument("--secret", help="admin secret of 300:0.NA/PREFIX (generated if omitted)")
     add.set_defaults(func=cmd_prefix_add)
     psub.add_parser("list", help="list homed prefixes").set_defaults(func=cmd_prefix_list)
+    delegate = psub.add_parser(
+        "delegate", help="refer others to the node serving a prefix derived from a homed one"
+    )
+    delegate.add_argument("prefix", help="the derived prefix, e.g. 88.200 under a homed 88")
+    delegate.add_argument("url", help="base URL of the node serving it, e.g. http://10.0.0.5:8000")
+    delegate.set_defaults(func=cmd_prefix_delegate)
     conf = sub.add_parser("config", help="configuration")
     csub = conf.add_subparsers(dest="config_command", required=True)
     csub.add_parser("show", help="print the effective settings").set_defaults(func=cmd_config_show)

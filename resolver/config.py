@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import dns.exception
 import dns.name
+from yarl import URL
 
 from registry.errors import ConfigError, InvalidHandle
 from registry.handle import check_prefix
@@ -175,6 +176,44 @@ SETTINGS: dict[str, Setting] = {
     "dns_nameserver": Setting(
         "IDNODE_DNS_NAMESERVER", None, "host name in the zone's SOA and NS (default: ns.<zone>)"
     ),
+    # recursion and referral (resolver/upstream.py)
+    "recursion": Setting(
+        "IDNODE_RECURSION",
+        "false",
+        "resolve handles of prefixes not homed here through other nodes (off: answer 301)",
+    ),
+    "upstreams": Setting(
+        "IDNODE_UPSTREAMS",
+        None,
+        "static map of prefixes to node base URLs, e.g. 88.200=http://10.0.0.5:8000,88.300=https://n3",
+    ),
+    "root_url": Setting(
+        "IDNODE_ROOT_URL",
+        None,
+        "base URL of the top-level node asked for 0.NA/<prefix> site records",
+    ),
+    "upstream_timeout": Setting(
+        "IDNODE_UPSTREAM_TIMEOUT", "2", "seconds one request to another node may take"
+    ),
+    "upstream_ttl_min": Setting(
+        "IDNODE_UPSTREAM_TTL_MIN", "5", "least seconds a record from another node is cached"
+    ),
+    "upstream_ttl_max": Setting(
+        "IDNODE_UPSTREAM_TTL_MAX", "3600", "most seconds a record from another node is cached"
+    ),
+    "upstream_negative_ttl": Setting(
+        "IDNODE_UPSTREAM_NEGATIVE_TTL", "30", "seconds another node's 'not found' is cached"
+    ),
+    "upstream_stale_seconds": Setting(
+        "IDNODE_UPSTREAM_STALE_SECONDS",
+        "3600",
+        "how long past its TTL a record from another node is served while that node is down",
+    ),
+    "advertise_url": Setting(
+        "IDNODE_ADVERTISE_URL",
+        None,
+        "base URL other nodes use to reach this one, published in HS_SITE of homed prefixes",
+    ),
 }
 
 
@@ -220,8 +259,22 @@ class Config:
     dns_host: str | None = None
     dns_zone: str = "id.example."
     dns_nameserver: str | None = None
+    recursion: bool = False
+    upstreams: str | None = None
+    root_url: str | None = None
+    upstream_timeout: float = 2.0
+    upstream_ttl_min: int = 5
+    upstream_ttl_max: int = 3600
+    upstream_negative_ttl: int = 30
+    upstream_stale_seconds: int = 3600
+    advertise_url: str | None = None
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
     """Where each setting that is not at its default came from."""
+
+    @property
+    def upstream_map(self) -> dict[str, str]:
+        """IDNODE_UPSTREAMS as {prefix: base URL}."""
+        return _upstream_map(self.upstreams or "")
 
     @property
     def tls(self) -> bool:
@@ -302,6 +355,7 @@ class Config:
         values["dns_host"] = parse("dns_host", raw, str, _non_empty)
         values["dns_zone"] = parse("dns_zone", raw, _dns_name, _any)
         values["dns_nameserver"] = parse("dns_nameserver", raw, _dns_name, _any)
+        values.update(_recursion_values(raw, parse))
         if (values["tls_cert"] is None) != (values["tls_key"] is None):
             raise ConfigError("IDNODE_TLS_CERT and IDNODE_TLS_KEY: set both or neither")
         return cls(**values, sources=dict(sources))
@@ -448,6 +502,60 @@ def _dns_name(text: str) -> str:
 
 
 _dns_name.__name__ = "a DNS name"
+
+
+def _recursion_values(raw: Mapping[str, str | None], parse: Any) -> dict[str, Any]:
+    """The recursion settings, checked (recursion: …)."""
+    values = {
+        "recursion": parse("recursion", raw, _boolean, _any),
+        "upstreams": parse("upstreams", raw, str, _upstreams),
+        "root_url": parse("root_url", raw, str, check_base_url),
+        "upstream_timeout": parse("upstream_timeout", raw, float, _within(0.01, 60.0)),
+        "upstream_ttl_min": parse("upstream_ttl_min", raw, int, _between(0, 86400)),
+        "upstream_ttl_max": parse("upstream_ttl_max", raw, int, _between(1, 86400 * 7)),
+        "upstream_negative_ttl": parse("upstream_negative_ttl", raw, int, _between(0, 3600)),
+        "upstream_stale_seconds": parse("upstream_stale_seconds", raw, int, _between(0, 86400 * 7)),
+        "advertise_url": parse("advertise_url", raw, str, check_base_url),
+    }
+    if values["upstream_ttl_min"] > values["upstream_ttl_max"]:
+        raise ConfigError(
+            "IDNODE_UPSTREAM_TTL_MIN: must not be larger than IDNODE_UPSTREAM_TTL_MAX"
+        )
+    return values
+
+
+def check_base_url(value: str) -> str:
+    """An http(s) base URL with a host and nothing after the path."""
+    try:
+        url = URL(value)
+    except ValueError:
+        return "must be an http:// or https:// URL"
+    if url.scheme not in ("http", "https") or not url.host or url.query_string or url.fragment:
+        return "must be an http:// or https:// URL with a host and no query"
+    return ""
+
+
+def _upstream_map(text: str) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        prefix, equals, url = (piece.strip() for piece in item.partition("="))
+        if not equals:
+            raise ValueError(f"{item!r} is not PREFIX=URL")
+        check_prefix(prefix)
+        if check_base_url(url):
+            raise ValueError(f"{url!r} ({check_base_url(url)})")
+        found[prefix] = url.rstrip("/")
+    return found
+
+
+def _upstreams(value: str) -> str:
+    try:
+        _upstream_map(value)
+    except InvalidHandle as exc:
+        return f"not a map of PREFIX=URL ({exc.message})"
+    except ValueError as exc:
+        return f"not a map of PREFIX=URL: {exc}"
+    return ""
 
 
 def _log_level(value: str) -> str:

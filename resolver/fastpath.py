@@ -50,6 +50,7 @@ _MEMO_LIMIT = 4096
 _HEAD_END = b"\r\n\r\n"
 _SLOW_HEADERS = frozenset(
     {b"authorization", b"content-length", b"transfer-encoding", b"expect", b"upgrade", b"cookie"}
+    | {b"x-idnode-via"}  # another node recursing: aiohttp's path runs the loop guard
 )
 _REASONS = {200: b"OK", 304: b"Not Modified", 400: b"Bad Request", 404: b"Not Found"}
 

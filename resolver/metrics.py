@@ -129,6 +129,28 @@ class Metrics:
         )
         self.flush_hooks: list[Callable[[], None]] = []
         """Called by ``flush()``: front-ends that count on their hot path move counts in."""
+        # upstream nodes (resolver/upstream.py): no URL or prefix labels
+        self.upstream_requests = Counter(
+            "idnode_upstream_requests_total",
+            "Requests to other nodes, by result"
+            " (ok, not_found, unavailable, invalid, refused by an open circuit).",
+            ["result"],
+            registry=r,
+        )
+        self.upstream_duration = Histogram(
+            "idnode_upstream_request_duration_seconds",
+            "Time of one request to another node.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=r,
+        )
+        self.upstream_circuits = Gauge(
+            "idnode_upstream_circuit_state",
+            "Upstream nodes whose circuit breaker is in each state (closed, open, half_open).",
+            ["state"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.circuit_states: Callable[[], dict[str, int]] | None = None
         Gauge(
             "idnode_build_info",
             "Build information.",
@@ -153,6 +175,9 @@ class Metrics:
         if self._store is not None:
             self.pool_size.set(self._store.pool.get_size())
             self.pool_idle.set(self._store.pool.get_idle_size())
+        if self.circuit_states is not None:
+            for state, count in self.circuit_states().items():
+                self.upstream_circuits.labels(state).set(count)
         cache = self._cache
         if cache is None:
             return
