@@ -18,7 +18,7 @@ Errors a client sees (documented in the README): an upstream that cannot be
 reached, times out, answers 5xx or responseCode 2/3, or whose circuit is open
 → responseCode 3, HTTP 503 (a cached answer is served stale instead while the
 stale bound lasts); an upstream that answers garbage, another handle, or 301,
-and loops → responseCode 2 (RC_ERROR), HTTP 502.
+and loops → responseCode 2 (RC_ERROR), HTTP 500 as the contract maps code 2.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ class UpstreamInvalid(ClientError):
     """The node responsible for the handle answered something unusable."""
 
     response_code = 2
-    http_status = 502
+    http_status = 500  # the client contract maps responseCode 2 to 500
 
 
 class RecursionLoop(UpstreamInvalid):
@@ -337,8 +337,9 @@ def _own_addresses(config: Config) -> set[Address]:
 def interpret(h: Handle, status: int, body: bytes) -> Entry:
     """The entry an upstream's answer to ``GET /api/handles/{h}`` stands for."""
     where = f"the node serving {h.prefix}"
-    if status == UpstreamInvalid.http_status:  # its own upstream failed it: say why
-        raise UpstreamInvalid(f"{where} answered: {_message(body)}", handle=h.text)
+    refused = _refusal(body) if status == UpstreamInvalid.http_status else None
+    if refused is not None:  # its own upstream failed it, or a loop: say why
+        raise UpstreamInvalid(f"{where} answered: {refused}", handle=h.text)
     if status >= 500 or status == 429:
         raise UpstreamUnavailable(f"{where} answered HTTP {status}", handle=h.text)
     if len(body) > MAX_ANSWER_BYTES:
@@ -369,14 +370,19 @@ def interpret(h: Handle, status: int, body: bytes) -> Entry:
     raise UpstreamInvalid(f"{where} answered responseCode {code}", handle=h.text)
 
 
-def _message(body: bytes) -> str:
-    """The ``message`` of an error answer, shortened; or that there was none."""
+def _refusal(body: bytes) -> str | None:
+    """The message of another node's ``UpstreamInvalid`` (responseCode 2 with a message other
+    than a plain internal error's), shortened; None for any other answer."""
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
-        doc = None
-    message = doc.get("message") if isinstance(doc, dict) else None
-    return message[:300] if isinstance(message, str) else "HTTP 502 without a message"
+        return None
+    if not isinstance(doc, dict) or doc.get("responseCode") != 2:
+        return None
+    message = doc.get("message")
+    if not isinstance(message, str) or message == "internal server error":
+        return None
+    return message[:300]
 
 
 def _values(h: Handle, raw: Any, where: str) -> list[hv.Value]:

@@ -364,7 +364,7 @@ def test_idnode_serve_recurses_on_the_fast_path(
         status, body = http_get(f"{url}/api/handles/66.6/fast", {VIA_HEADER: "ab,cd,ef,01"})
         assert status == 200, "a cached answer is served whatever the chain"
         status, body = http_get(f"{url}/api/handles/66.6/other", {VIA_HEADER: "ab,cd,ef,01"})
-        assert status == 502 and b"hops" in body
+        assert status == 500 and b"hops" in body
 
 
 @pytest.fixture
@@ -408,12 +408,12 @@ def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, byte
 @pytest.mark.parametrize(
     ("prefix", "status", "code", "words"),
     [
-        ("66.1", 502, 2, "not JSON"),
+        ("66.1", 500, 2, "not JSON"),
         ("66.2", 503, 3, "did not answer within 0.3 s"),
-        ("66.3", 502, 2, "66.3/someone-else"),
+        ("66.3", 500, 2, "66.3/someone-else"),
         ("66.4", 503, 3, "HTTP 503"),
-        ("66.5", 502, 2, "invalid value"),
-        ("66.8", 502, 2, "this node itself"),
+        ("66.5", 500, 2, "invalid value"),
+        ("66.8", 500, 2, "this node itself"),
     ],
 )
 async def test_misbehaving_upstreams_give_clear_errors(
@@ -477,12 +477,12 @@ async def test_loop_between_two_recursive_nodes_is_refused(
     ):
         started = time.monotonic()
         status, doc = await first.get("66.9/x")
-        assert (status, doc["responseCode"]) == (502, 2), doc
+        assert (status, doc["responseCode"]) == (500, 2), doc
         assert "came back" in doc["message"] or "came back" in str(doc)
         assert time.monotonic() - started < 2, "refused at once, not after timeouts"
         deep = ",".join(f"{n:x}" for n in range(MAX_HOPS))
         status, doc = await first.get("66.9/y", **{VIA_HEADER: deep})
-        assert (status, doc["responseCode"]) == (502, 2) and "hops" in doc["message"]
+        assert (status, doc["responseCode"]) == (500, 2) and "hops" in doc["message"]
 
 
 async def test_without_recursion_a_foreign_prefix_answers_301(
@@ -517,7 +517,14 @@ ASKED = parse("88.200.1/abc")
         (500, b"oops", UpstreamUnavailable, "HTTP 500"),
         (429, b"", UpstreamUnavailable, "HTTP 429"),
         (500, b'{"responseCode": 2, "handle": "x"}', UpstreamUnavailable, "HTTP 500"),
-        (502, b'{"responseCode": 2, "message": "loop"}', UpstreamInvalid, "answered: loop"),
+        (
+            500,
+            b'{"responseCode": 2, "message": "internal server error"}',
+            UpstreamUnavailable,
+            "HTTP 500",
+        ),
+        (502, b'{"responseCode": 2, "message": "loop"}', UpstreamUnavailable, "HTTP 502"),
+        (500, b'{"responseCode": 2, "message": "loop"}', UpstreamInvalid, "answered: loop"),
         (200, b'{"responseCode": 3, "handle": "x"}', UpstreamUnavailable, "responseCode 3"),
     ],
 )
@@ -592,7 +599,7 @@ def test_breaker_timeline() -> None:
 
 def test_loop_error_is_a_client_error_with_rc_2() -> None:
     exc = RecursionLoop(handle="x/y")
-    assert (exc.response_code, exc.http_status) == (2, 502)
+    assert (exc.response_code, exc.http_status) == (2, 500)
     assert encode(None).record is None
 
 
