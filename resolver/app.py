@@ -36,7 +36,7 @@ from registry.keys import NodeKey, Sealer
 from registry.registry import Clock, Registry
 from registry.sessions import Sessions
 from registry.store import Store, create_pool
-from resolver import api, batch_api, browser, search_api, templates_api
+from resolver import api, batch_api, browser, search_api, templates_api, trace_api
 from resolver.authn import IDENTITY, Authenticator, Security
 from resolver.authn import add_routes as authn_routes
 from resolver.cache import Cache
@@ -453,5 +453,6 @@ def create_app(
     search_api.add_routes(app)
     templates_api.add_routes(app)
     batch_api.add_routes(app)
+    trace_api.add_routes(app)
     browser.add_routes(app)  # last: every other GET path is an identifier
     return app

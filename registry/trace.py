@@ -1,0 +1,257 @@
+"""Traceability: the graph of identifiers that reference one another.
+
+A value references other identifiers through its ``references`` list (RFC 3651
+§3.1) and, when its format is ``vlist``, through its data. Only publicly
+readable values count, and only public values are shown.
+
+* ``down`` follows what an identifier references (an assembly's components, a
+  component's batch): it reads the records themselves.
+* ``up`` follows who references it ("where was this batch used"): it reads the
+  reverse index ``handle_refs`` (``schemas/sql/007_references.sql``), kept by
+  triggers in the transaction of every write.
+
+The walk is breadth-first, one query per level (every key of the level at
+once), in one read-only snapshot. Each identifier appears once however many
+paths reach it, so cycles and self-references end; the depth and the number of
+nodes and edges are bounded, and an answer cut short says ``truncated``. A
+reference to a handle homed here that does not exist is a node ``not-found``;
+one to a prefix not homed here is a node ``foreign``, shown but not resolved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import asyncpg
+import orjson
+
+from registry import handle as hs
+from registry.errors import HandleNotFound, InvalidHandle, NotResponsible
+from registry.store import Store, translated
+
+Direction = Literal["down", "up"]
+DIRECTIONS: tuple[Direction, ...] = ("down", "up")
+DEFAULT_DEPTH = 3
+MAX_DEPTH = 10
+DEFAULT_LIMIT = 1000
+"""Nodes of an answer when the caller does not say."""
+MAX_LIMIT = 10000
+EDGES_PER_NODE = 4
+"""An answer holds at most this many edges per node of its limit."""
+
+FOUND, NOT_FOUND, FOREIGN = "found", "not-found", "foreign"
+
+_LEVEL = """
+SELECT k.i, h.handle, h."values", p.prefix_key IS NOT NULL AS homed
+FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS k(pk, sk, home, i)
+LEFT JOIN handles AS h ON h.prefix_key = k.pk AND h.suffix_key = k.sk
+LEFT JOIN prefixes AS p ON p.prefix_key = k.home
+"""
+_REFERRERS = """
+SELECT r.to_prefix_key, r.to_suffix_key, r.idx, r.type, r.to_index,
+       h.prefix_key, h.suffix_key, h.handle, h."values"
+FROM unnest($1::text[], $2::text[]) AS k(pk, sk)
+JOIN handle_refs AS r ON r.to_prefix_key = k.pk AND r.to_suffix_key = k.sk
+JOIN handles AS h ON h.prefix_key = r.from_prefix_key AND h.suffix_key = r.from_suffix_key
+ORDER BY r.to_prefix_key, r.to_suffix_key, h.prefix_key, h.suffix_key, r.idx, r.to_index
+LIMIT $3
+"""
+
+
+@dataclass(slots=True)
+class Node:
+    """One identifier of the graph: as registered when found, else as first referenced."""
+
+    handle: str
+    depth: int
+    status: str = NOT_FOUND
+    values: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"handle": self.handle, "status": self.status, "depth": self.depth}
+        if self.status == FOUND:
+            out["values"] = self.values
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Edge:
+    """``source`` references ``target`` (index ``to_index``, 0 = all) from one of its values."""
+
+    source: str
+    target: str
+    index: int
+    type: str
+    to_index: int
+
+
+@dataclass(slots=True)
+class Trace:
+    """The answer: nodes (the root first, then by depth) keyed by handle key, and edges."""
+
+    handle: str
+    direction: Direction
+    depth: int
+    limit: int
+    nodes: dict[str, Node] = field(default_factory=dict)
+    edges: dict[Edge, None] = field(default_factory=dict)
+    truncated: bool = False
+
+    @property
+    def max_edges(self) -> int:
+        return self.limit * EDGES_PER_NODE
+
+    def add_node(self, h: hs.Handle, depth: int) -> bool:
+        """Take ``h`` in (True), unless it is already in or the answer is full (False)."""
+        if h.key in self.nodes:
+            return False
+        if len(self.nodes) >= self.limit:
+            self.truncated = True
+            return False
+        self.nodes[h.key] = Node(h.text, depth)
+        return True
+
+    def add_edge(self, edge: Edge) -> None:
+        if edge.source in self.nodes and edge.target in self.nodes and edge not in self.edges:
+            if len(self.edges) >= self.max_edges:
+                self.truncated = True
+            else:
+                self.edges[edge] = None
+
+    def to_json(self) -> dict[str, Any]:
+        name = {key: node.handle for key, node in self.nodes.items()}
+        return {
+            "responseCode": 1,
+            "handle": self.handle,
+            "direction": self.direction,
+            "depth": self.depth,
+            "limit": self.limit,
+            "nodes": [node.to_json() for node in self.nodes.values()],
+            "edges": [
+                {
+                    "from": name[e.source],
+                    "to": name[e.target],
+                    "via": {"index": e.index, "type": e.type},
+                    "toIndex": e.to_index,
+                }
+                for e in self.edges
+            ],
+            "truncated": self.truncated,
+        }
+
+
+def public_values(raw: str) -> list[dict[str, Any]]:
+    """The publicly readable values of a record's stored JSON, in their served form."""
+    return [v for v in orjson.loads(raw) if v.get("permissions", "1110")[2] == "1"]
+
+
+def references(value: dict[str, Any]) -> Iterator[tuple[str, int]]:
+    """The (handle, index) pairs one value references: its ``references`` and vlist data."""
+    data = value.get("data")
+    listed = list(value.get("references", ()))
+    if isinstance(data, dict) and data.get("format") == "vlist":
+        listed += data.get("value", ())
+    for ref in listed:
+        if isinstance(ref, dict) and isinstance(ref.get("handle"), str):
+            yield ref["handle"], int(ref.get("index", 0))
+
+
+def _target(text: str) -> hs.Handle | None:
+    try:
+        return hs.parse(text)
+    except InvalidHandle:  # written before it was checked: not a link to follow
+        return None
+
+
+async def _fetch_level(conn: asyncpg.Connection, trace: Trace, level: Sequence[hs.Handle]) -> None:
+    """Fill in the status and public values of the level's nodes, with one query."""
+    rows = await conn.fetch(
+        _LEVEL,
+        [h.prefix_key for h in level],
+        [h.suffix_key for h in level],
+        [hs.fold(h.homing_prefix) for h in level],
+    )
+    for row in rows:
+        node = trace.nodes[level[row["i"] - 1].key]
+        if not row["homed"]:
+            node.status = FOREIGN
+        elif row["handle"] is not None:
+            node.status, node.handle = FOUND, row["handle"]
+            node.values = public_values(row["values"])
+
+
+def _down_step(trace: Trace, level: Sequence[hs.Handle], depth: int) -> list[hs.Handle]:
+    """The edges out of the level's found nodes, and the new nodes they reach."""
+    following: list[hs.Handle] = []
+    for h in level:
+        node = trace.nodes[h.key]
+        for value in node.values:
+            for text, to_index in references(value):
+                target = _target(text)
+                if target is None:
+                    continue
+                if trace.add_node(target, depth + 1):
+                    following.append(target)
+                edge = Edge(h.key, target.key, value["index"], value["type"], to_index)
+                trace.add_edge(edge)
+    return following
+
+
+async def _up_step(
+    conn: asyncpg.Connection, trace: Trace, level: Sequence[hs.Handle], depth: int
+) -> list[hs.Handle]:
+    """The records that reference the level's nodes (one query), as edges and new nodes."""
+    room = trace.max_edges - len(trace.edges) + 1
+    rows = await conn.fetch(
+        _REFERRERS, [h.prefix_key for h in level], [h.suffix_key for h in level], room
+    )
+    if len(rows) >= room:
+        trace.truncated = True
+    following: list[hs.Handle] = []
+    for row in rows:
+        text, cut = row["handle"], len(row["prefix_key"])
+        source = hs.Handle(text, text[:cut], text[cut + 1 :])
+        if trace.add_node(source, depth + 1):
+            following.append(source)
+            node = trace.nodes[source.key]
+            node.status, node.values = FOUND, public_values(row["values"])
+        target_key = f"{row['to_prefix_key']}/{row['to_suffix_key']}"
+        trace.add_edge(Edge(source.key, target_key, row["idx"], row["type"], row["to_index"]))
+    return following
+
+
+async def trace(
+    store: Store,
+    h: hs.Handle,
+    direction: Direction = "down",
+    *,
+    depth: int = DEFAULT_DEPTH,
+    limit: int = DEFAULT_LIMIT,
+) -> Trace:
+    """The graph around ``h``, ``depth`` references away at most, ``limit`` nodes at most."""
+    result = Trace(h.text, direction, depth, limit)
+    result.nodes[h.key] = Node(h.text, 0)
+    async with translated(), store.pool.acquire() as conn:
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            await _fetch_level(conn, result, [h])
+            root = result.nodes[h.key]
+            if root.status == FOREIGN:
+                raise NotResponsible(
+                    f"prefix {h.homing_prefix} is not homed on this node", handle=h.text
+                )
+            if root.status == NOT_FOUND:
+                raise HandleNotFound(handle=h.text)
+            level = [h]
+            for d in range(depth):
+                if direction == "down":
+                    level = _down_step(result, level, d)
+                    if level:
+                        await _fetch_level(conn, result, level)
+                else:
+                    level = await _up_step(conn, result, level, d)
+                if not level:
+                    break
+            root.handle = h.text  # the root as the caller wrote it
+    return result
