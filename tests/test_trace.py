@@ -16,6 +16,7 @@ from registry import values as hv
 from registry.errors import InvalidValue
 from registry.store import Store
 from tests.conftest import RunningNode, Tenant, TenantFactory
+from tests.test_openapi import check_answer
 
 NDJSON = {"Content-Type": "application/x-ndjson"}
 Answer = tuple[int, dict[str, Any]]
@@ -413,3 +414,19 @@ async def test_bad_parameters(node: RunningNode, tenant: TenantFactory) -> None:
         assert (got, body["responseCode"]) == (status, code), (handle, params, body)
         assert message in body["message"], body
         assert "handle" in body
+
+
+async def test_answers_match_the_openapi_document(node: RunningNode, tenant: TenantFactory) -> None:
+    t = await tenant()
+    h = await vehicle(node, t)
+    path = "/api/trace/{handle}"
+    for direction in ("down", "up"):
+        async with node.session.get(
+            f"{node.url}/api/trace/{h['ENG-1']}", params={"direction": direction}
+        ) as r:
+            body = await check_answer(r, path, "get", 200)
+        assert len(body["nodes"]) > 1
+    async with node.session.get(f"{node.url}/api/trace/{t.handle('NONE')}") as r:
+        await check_answer(r, path, "get", 404)
+    async with node.session.get(f"{node.url}/api/trace/{h['ENG-1']}?depth=x") as r:
+        await check_answer(r, path, "get", 400)
