@@ -42,16 +42,18 @@ EDGES_PER_NODE = 4
 """An answer holds at most this many edges per node of its limit."""
 
 FOUND, NOT_FOUND, FOREIGN = "found", "not-found", "foreign"
+_MARKERS = ('"references":', '"format":"vlist"')
+"""Text that a stored record holding a reference must contain (it is orjson's compact form)."""
 
 _LEVEL = """
-SELECT k.i, h.handle, h."values", p.prefix_key IS NOT NULL AS homed
+SELECT k.i, h.handle, h."values", h.all_public, p.prefix_key IS NOT NULL AS homed
 FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS k(pk, sk, home, i)
 LEFT JOIN handles AS h ON h.prefix_key = k.pk AND h.suffix_key = k.sk
 LEFT JOIN prefixes AS p ON p.prefix_key = k.home
 """
 _REFERRERS = """
 SELECT r.to_prefix_key, r.to_suffix_key, r.idx, r.type, r.to_index,
-       h.prefix_key, h.suffix_key, h.handle, h."values"
+       h.prefix_key, h.suffix_key, h.handle, h."values", h.all_public
 FROM unnest($1::text[], $2::text[]) AS k(pk, sk)
 JOIN handle_refs AS r ON r.to_prefix_key = k.pk AND r.to_suffix_key = k.sk
 JOIN handles AS h ON h.prefix_key = r.from_prefix_key AND h.suffix_key = r.from_suffix_key
@@ -60,14 +62,43 @@ LIMIT $3
 """
 
 
+@dataclass(frozen=True, slots=True)
+class Link:
+    """A reference one of a node's public values makes."""
+
+    index: int
+    type: str
+    handle: str
+    to_index: int
+
+
 @dataclass(slots=True)
 class Node:
-    """One identifier of the graph: as registered when found, else as first referenced."""
+    """One identifier of the graph: as registered when found, else as first referenced.
+
+    ``values`` are the public values, encoded once (a record whose values are all
+    public is answered with its stored JSON as it is); ``links`` their references,
+    read only when the walk goes down.
+    """
 
     handle: str
     depth: int
     status: str = NOT_FOUND
-    values: list[dict[str, Any]] = field(default_factory=list)
+    values: orjson.Fragment | None = None
+    links: list[Link] = field(default_factory=list)
+
+    def found(self, handle: str, raw: str, all_public: bool, *, links: bool) -> None:
+        self.status, self.handle = FOUND, handle
+        parsed = None
+        if not all_public or (links and any(m in raw for m in _MARKERS)):
+            parsed = public_values(raw)
+        self.values = orjson.Fragment(raw if parsed is None else orjson.dumps(parsed))
+        if links and parsed:
+            self.links = [
+                Link(v["index"], v["type"], text, to_index)
+                for v in parsed
+                for text, to_index in references(v)
+            ]
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"handle": self.handle, "status": self.status, "depth": self.depth}
@@ -165,8 +196,10 @@ def _target(text: str) -> hs.Handle | None:
         return None
 
 
-async def _fetch_level(conn: asyncpg.Connection, trace: Trace, level: Sequence[hs.Handle]) -> None:
-    """Fill in the status and public values of the level's nodes, with one query."""
+async def _fetch_level(
+    conn: asyncpg.Connection, trace: Trace, level: Sequence[hs.Handle], *, links: bool = True
+) -> None:
+    """Fill in the status and public values (and links) of the level's nodes, with one query."""
     rows = await conn.fetch(
         _LEVEL,
         [h.prefix_key for h in level],
@@ -178,24 +211,20 @@ async def _fetch_level(conn: asyncpg.Connection, trace: Trace, level: Sequence[h
         if not row["homed"]:
             node.status = FOREIGN
         elif row["handle"] is not None:
-            node.status, node.handle = FOUND, row["handle"]
-            node.values = public_values(row["values"])
+            node.found(row["handle"], row["values"], row["all_public"], links=links)
 
 
 def _down_step(trace: Trace, level: Sequence[hs.Handle], depth: int) -> list[hs.Handle]:
     """The edges out of the level's found nodes, and the new nodes they reach."""
     following: list[hs.Handle] = []
     for h in level:
-        node = trace.nodes[h.key]
-        for value in node.values:
-            for text, to_index in references(value):
-                target = _target(text)
-                if target is None:
-                    continue
-                if trace.add_node(target, depth + 1):
-                    following.append(target)
-                edge = Edge(h.key, target.key, value["index"], value["type"], to_index)
-                trace.add_edge(edge)
+        for link in trace.nodes[h.key].links:
+            target = _target(link.handle)
+            if target is None:
+                continue
+            if trace.add_node(target, depth + 1):
+                following.append(target)
+            trace.add_edge(Edge(h.key, target.key, link.index, link.type, link.to_index))
     return following
 
 
@@ -215,8 +244,7 @@ async def _up_step(
         source = hs.Handle(text, text[:cut], text[cut + 1 :])
         if trace.add_node(source, depth + 1):
             following.append(source)
-            node = trace.nodes[source.key]
-            node.status, node.values = FOUND, public_values(row["values"])
+            trace.nodes[source.key].found(text, row["values"], row["all_public"], links=False)
         target_key = f"{row['to_prefix_key']}/{row['to_suffix_key']}"
         trace.add_edge(Edge(source.key, target_key, row["idx"], row["type"], row["to_index"]))
     return following
@@ -235,7 +263,7 @@ async def trace(
     result.nodes[h.key] = Node(h.text, 0)
     async with translated(), store.pool.acquire() as conn:
         async with conn.transaction(isolation="repeatable_read", readonly=True):
-            await _fetch_level(conn, result, [h])
+            await _fetch_level(conn, result, [h], links=direction == "down")
             root = result.nodes[h.key]
             if root.status == FOREIGN:
                 raise NotResponsible(

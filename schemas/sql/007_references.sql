@@ -15,8 +15,7 @@ CREATE TABLE handle_refs (
     type             text    NOT NULL,
     to_prefix_key    text    NOT NULL,
     to_suffix_key    text    NOT NULL,
-    to_index         integer NOT NULL,
-    PRIMARY KEY (from_prefix_key, from_suffix_key, idx, to_prefix_key, to_suffix_key, to_index)
+    to_index         integer NOT NULL
 );
 
 -- Only a record whose stored JSON holds a references list or a vlist value can
@@ -28,29 +27,35 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
         OR strpos(p_values::text, '"format":"vlist"') > 0
 $$;
 
--- The references of one record (its key and its stored "values" array), each once.
+-- The references of one record (its key and its stored "values" array). A value
+-- naming one target twice gives two rows: readers take each edge once.
 CREATE FUNCTION handle_refs_of(p_prefix text, p_suffix text, p_values json)
 RETURNS TABLE (from_prefix_key text, from_suffix_key text, idx integer, type text,
                to_prefix_key text, to_suffix_key text, to_index integer)
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT DISTINCT p_prefix, p_suffix, s.idx, s.type,
-           split_part(s.target, '/', 1), substr(s.target, strpos(s.target, '/') + 1), s.to_index
+    SELECT p_prefix, p_suffix, s.idx, s.type,
+           left(s.target, s.slash - 1), substr(s.target, s.slash + 1), s.to_index
     FROM (
-        SELECT (v->>'index')::integer AS idx, v->>'type' AS type,
-               translate(r->>'handle', 'ABCDEFGHIJKLMNOPQRSTUVWXYZ',
-                         'abcdefghijklmnopqrstuvwxyz') AS target,
-               coalesce((r->>'index')::integer, 0) AS to_index
-        FROM jsonb_array_elements(handle_values_jsonb(p_values)) AS v,
-             jsonb_array_elements(
-                 CASE WHEN v->'data'->>'format' = 'vlist'
-                       AND jsonb_typeof(v->'data'->'value') = 'array'
-                      THEN v->'data'->'value' ELSE '[]'::jsonb END
-                 || CASE WHEN jsonb_typeof(v->'references') = 'array'
-                         THEN v->'references' ELSE '[]'::jsonb END) AS r
-        WHERE coalesce(substr(v->>'permissions', 3, 1), '1') = '1'
-          AND jsonb_typeof(r->'handle') = 'string'
+        SELECT t.idx, t.type, t.target, strpos(t.target, '/') AS slash, t.to_index
+        FROM (
+            SELECT (v->>'index')::integer AS idx, v->>'type' AS type,
+                   translate(r->>'handle', 'ABCDEFGHIJKLMNOPQRSTUVWXYZ',
+                             'abcdefghijklmnopqrstuvwxyz') AS target,
+                   coalesce((r->>'index')::integer, 0) AS to_index
+            FROM jsonb_array_elements(handle_values_jsonb(p_values)) AS v,
+                 jsonb_array_elements(
+                     CASE WHEN v->'data'->>'format' = 'vlist'
+                           AND jsonb_typeof(v->'data'->'value') = 'array'
+                          THEN v->'data'->'value' ELSE '[]'::jsonb END
+                     || CASE WHEN jsonb_typeof(v->'references') = 'array'
+                             THEN v->'references' ELSE '[]'::jsonb END) AS r
+            WHERE coalesce(substr(v->>'permissions', 3, 1), '1') = '1'
+              AND jsonb_typeof(r->'handle') = 'string'
+            OFFSET 0  -- fold each target once
+        ) AS t
+        OFFSET 0
     ) AS s
-    WHERE strpos(s.target, '/') > 1
+    WHERE s.slash > 1
 $$;
 
 -- Statement-level triggers with transition tables, as for handle_terms: a COPY
@@ -112,3 +117,5 @@ WHERE handle_may_refer(h."values");
 
 -- Who references a handle: the walk up reads the referencing records' keys here.
 CREATE INDEX handle_refs_target ON handle_refs (to_prefix_key, to_suffix_key);
+-- A record's references, to replace or delete them with the record.
+CREATE INDEX handle_refs_record ON handle_refs (from_prefix_key, from_suffix_key);
