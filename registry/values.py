@@ -30,6 +30,8 @@ MAX_VALUES = 2048
 """Values one record may hold (the Handle protocol's limit)."""
 MAX_DATA_BYTES = 65536
 """Largest value data, in bytes of its JSON encoding."""
+MAX_REFERENCES = 1024
+"""Most entries of one value's ``references`` list (RFC 3651 §3.1)."""
 
 ADMIN_TYPE = "HS_ADMIN"
 SECKEY_TYPE = "HS_SECKEY"
@@ -52,6 +54,8 @@ class Value:
     ttl: int = DEFAULT_TTL
     timestamp: str = ""
     permissions: str = DEFAULT_PERMISSIONS
+    references: tuple[tuple[str, int], ...] = ()
+    """RFC 3651 §3.1 references: (handle, index) pairs, index 0 meaning the whole handle."""
 
     @property
     def public_read(self) -> bool:
@@ -75,6 +79,8 @@ class Value:
         }
         if self.permissions != DEFAULT_PERMISSIONS:
             out["permissions"] = self.permissions
+        if self.references:
+            out["references"] = [{"handle": h, "index": i} for h, i in self.references]
         return out
 
 
@@ -105,6 +111,7 @@ def from_stored(item: Mapping[str, Any]) -> Value:
         ttl=item["ttl"],
         timestamp=item["timestamp"],
         permissions=item.get("permissions", DEFAULT_PERMISSIONS),
+        references=tuple((r["handle"], r["index"]) for r in item.get("references", ())),
     )
 
 
@@ -193,6 +200,29 @@ def _reference(raw: Any, index: int, what: str) -> dict[str, Any]:
     else:
         ref_index_int = parse_index(ref_index, where=f"value {index}: {what} index")
     return {"handle": ref_handle, "index": ref_index_int}
+
+
+def _parse_references(raw: Any, index: int) -> tuple[tuple[str, int], ...]:
+    """A value's ``references``: ``[{"handle": "88.1/x", "index": 0}]``, index optional (0)."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise InvalidValue(f"value {index}: references must be an array", index=index)
+    if len(raw) > MAX_REFERENCES:
+        raise InvalidValue(
+            f"value {index}: at most {MAX_REFERENCES} references, not {len(raw)}", index=index
+        )
+    refs = []
+    for item in raw:
+        if isinstance(item, Mapping) and "index" not in item:
+            item = {**item, "index": 0}
+        ref = _reference(item, index, "reference")
+        refs.append((ref["handle"], ref["index"]))
+    if len(orjson.dumps(refs)) > MAX_DATA_BYTES:
+        raise InvalidValue(
+            f"value {index}: references are larger than {MAX_DATA_BYTES} bytes", index=index
+        )
+    return tuple(refs)
 
 
 def _parse_data(fmt: str, raw: Any, index: int) -> Any:
@@ -284,6 +314,7 @@ def parse_value(raw: Any, *, timestamp: str) -> Value:
         ttl=_parse_ttl(raw.get("ttl"), index),
         timestamp=timestamp,
         permissions=_parse_permissions(raw.get("permissions"), index, default_perms),
+        references=_parse_references(raw.get("references"), index),
     )
 
 

@@ -37,7 +37,16 @@ from registry.keys import AuditKey, NodeKey, Sealer
 from registry.registry import Clock, Registry
 from registry.sessions import Sessions
 from registry.store import Store, create_pool
-from resolver import api, audit_api, batch_api, browser, dns_front, search_api, templates_api
+from resolver import (
+    api,
+    audit_api,
+    batch_api,
+    browser,
+    dns_front,
+    search_api,
+    templates_api,
+    trace_api,
+)
 from resolver.authn import IDENTITY, Authenticator, Security
 from resolver.authn import add_routes as authn_routes
 from resolver.cache import Cache
@@ -479,5 +488,6 @@ def create_app(
     search_api.add_routes(app)
     templates_api.add_routes(app)
     batch_api.add_routes(app)
+    trace_api.add_routes(app)
     browser.add_routes(app)  # last: every other GET path is an identifier
     return app
