@@ -15,7 +15,9 @@ once), in one read-only snapshot. Each identifier appears once however many
 paths reach it, so cycles and self-references end; the depth and the number of
 nodes and edges are bounded, and an answer cut short says ``truncated``. A
 reference to a handle homed here that does not exist is a node ``not-found``;
-one to a prefix not homed here is a node ``foreign``, shown but not resolved.
+one to a prefix not homed here is a node ``foreign``, shown but not resolved here
+(the HTTP face resolves its public values through other nodes when recursion is on,
+without walking on from it).
 """
 
 from __future__ import annotations
@@ -118,7 +120,7 @@ class Node:
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"handle": self.handle, "status": self.status, "depth": self.depth}
-        if self.status == FOUND:
+        if self.values is not None:
             out["values"] = self.values
         return out
 

@@ -641,3 +641,31 @@ def test_delegate_command(cli: Callable[..., Any], tenant_prefix: str) -> None:
 async def tenant_prefix(tenant: Callable[..., Any]) -> str:
     t = await tenant()
     return str(t.prefix)
+
+
+async def test_a_trace_shows_foreign_identifiers_resolved_through_other_nodes(
+    h: Hierarchy,
+) -> None:
+    """With recursion on, a trace shows a foreign node's public values (its own links are not
+    walked); without it, the same node is a bare link (tests/test_trace.py)."""
+    await put(h.b, h.b_admin, "88.200.1/battery-lot-7", "https://b.example/lot7")
+    local = await home(h.a, "88.118.77")
+    car = {
+        "index": 1,
+        "type": "URL",
+        "data": "https://a.example/car",
+        "references": [{"handle": "88.200.1/battery-lot-7"}, {"handle": "88.200.1/missing"}],
+    }
+    async with h.a.session.put(
+        h.a.api("88.118.77/car"), json={"values": [car]}, headers=local.auth
+    ) as r:
+        assert r.status == 201, await r.text()
+    async with h.a.session.get(f"{h.a.url}/api/trace/88.118.77/car") as r:
+        assert r.status == 200
+        doc = await r.json()
+    nodes = {n["handle"]: n for n in doc["nodes"]}
+    lot = nodes["88.200.1/battery-lot-7"]
+    assert lot["status"] == "foreign"
+    assert lot["values"][0]["data"]["value"] == "https://b.example/lot7"
+    assert nodes["88.200.1/missing"]["status"] == "foreign"
+    assert "values" not in nodes["88.200.1/missing"]  # not found over there: a bare link
