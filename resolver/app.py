@@ -36,7 +36,7 @@ from registry.keys import NodeKey, Sealer
 from registry.registry import Clock, Registry
 from registry.sessions import Sessions
 from registry.store import Store, create_pool
-from resolver import api, batch_api, browser, search_api, templates_api
+from resolver import api, batch_api, browser, handle_server, search_api, templates_api
 from resolver.authn import IDENTITY, Authenticator, Security
 from resolver.authn import add_routes as authn_routes
 from resolver.cache import Cache
@@ -429,7 +429,10 @@ def create_app(
         flusher = asyncio.create_task(_flush_metrics(metrics))
         starting = asyncio.create_task(bring_up(config, registry, startup, first=first_worker))
         await asyncio.wait({starting}, timeout=STARTUP_WAIT_SECONDS)  # then serve: 503s say why
+        handle_face = await handle_server.start(config, pipeline, metrics)
         yield
+        if handle_face is not None:
+            await handle_face.stop()
         for task in (flusher, starting):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

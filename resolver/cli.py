@@ -13,7 +13,7 @@ import sys
 from registry import migrate
 from registry.errors import ClientError, IdNodeError
 from registry.store import Store
-from resolver import server, templates_api, transfer
+from resolver import handle_client, server, templates_api, transfer
 from resolver.app import node_registry
 from resolver.commands import run, with_store
 from resolver.config import Config
@@ -82,6 +82,7 @@ def parser() -> argparse.ArgumentParser:
     csub.add_parser("show", help="print the effective settings").set_defaults(func=cmd_config_show)
     transfer.add_commands(sub)
     templates_api.add_commands(sub)
+    handle_client.add_command(sub)
     return p
 
 

@@ -144,6 +144,23 @@ SETTINGS: dict[str, Setting] = {
     "batch_max_bytes": Setting(
         "IDNODE_BATCH_MAX_BYTES", "4294967296", "largest body of one POST /api/batch, in bytes"
     ),
+    # The Handle protocol front-end (resolver/handle_server.py)
+    "handle_port": Setting(
+        "IDNODE_HANDLE_PORT", "2641", "UDP and TCP port of the Handle protocol (0 turns it off)"
+    ),
+    "handle_host": Setting(
+        "IDNODE_HANDLE_HOST", None, "address the Handle protocol listens on (default: IDNODE_HOST)"
+    ),
+    "handle_max_inflight": Setting(
+        "IDNODE_HANDLE_MAX_INFLIGHT",
+        "1000",
+        "Handle-protocol lookups one process waits on at once; more are answered responseCode 3",
+    ),
+    "handle_idle_timeout": Setting(
+        "IDNODE_HANDLE_IDLE_TIMEOUT",
+        "30",
+        "seconds a quiet Handle-protocol TCP connection stays open",
+    ),
 }
 
 
@@ -182,6 +199,10 @@ class Config:
     shutdown_grace: float = 10.0
     batch_max_items: int = 1000000
     batch_max_bytes: int = 4294967296
+    handle_port: int = 2641
+    handle_host: str | None = None
+    handle_max_inflight: int = 1000
+    handle_idle_timeout: float = 30.0
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
     """Where each setting that is not at its default came from."""
 
@@ -251,6 +272,10 @@ class Config:
         values["shutdown_grace"] = parse("shutdown_grace", raw, float, _within(0.0, 3600.0))
         values["batch_max_items"] = parse("batch_max_items", raw, int, _between(1, 10**9))
         values["batch_max_bytes"] = parse("batch_max_bytes", raw, int, _between(1024, 2**50))
+        values["handle_port"] = parse("handle_port", raw, int, _between(0, 65535))
+        values["handle_host"] = parse("handle_host", raw, str, _non_empty)
+        values["handle_max_inflight"] = parse("handle_max_inflight", raw, int, _between(1, 10**6))
+        values["handle_idle_timeout"] = parse("handle_idle_timeout", raw, float, _within(0.1, 3600))
         if (values["tls_cert"] is None) != (values["tls_key"] is None):
             raise ConfigError("IDNODE_TLS_CERT and IDNODE_TLS_KEY: set both or neither")
         return cls(**values, sources=dict(sources))

@@ -90,6 +90,8 @@ def decode_response(data: bytes) -> Response:
     """Decode a response message; anything malformed raises ``ProtocolError``."""
     envelope, header, body = split_message(data)
     out = Response(envelope, header)
+    if envelope.flags & ENV_TRUNCATED:  # the header alone: ask again over TCP
+        return out
     if header.flags & FLAG_RRDG:
         code = body.u8("request digest")
         size = {HASH_SHA256: 32, HASH_SHA1: 20, HASH_MD5: 16}.get(code)

@@ -111,6 +111,21 @@ class Metrics:
             buckets=DURATION_BUCKETS,
             registry=r,
         )
+        # The Handle protocol front-end (resolver/handle_server.py)
+        self.handle_requests = Counter(
+            "idnode_handle_requests_total",
+            "Handle-protocol messages by transport, opcode (1, 2 or other) and result"
+            " (the responseCode answered, or dropped).",
+            ["transport", "opcode", "result"],
+            registry=r,
+        )
+        self.handle_duration = Histogram(
+            "idnode_handle_request_duration_seconds",
+            "Time from a Handle-protocol message's arrival to its answer being sent.",
+            ["transport"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
         Gauge(
             "idnode_build_info",
             "Build information.",

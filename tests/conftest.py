@@ -161,6 +161,7 @@ def node_config(key_dir: Path, **settings: Any) -> Config:
     suite sends bursts, and wrong credentials on purpose, from loopback.
     """
     unlimited: dict[str, Any] = {"read_rate": 0.0, "write_rate": 0.0, "auth_backoff_max": 0.0}
+    unlimited["handle_port"] = 0  # no Handle-protocol listener unless a test asks for one
     return Config(
         node_key=key_dir / "node.pem",
         sealing_key=key_dir / "sealing.key",
