@@ -429,7 +429,7 @@ def create_app(
         flusher = asyncio.create_task(_flush_metrics(metrics))
         starting = asyncio.create_task(bring_up(config, registry, startup, first=first_worker))
         await asyncio.wait({starting}, timeout=STARTUP_WAIT_SECONDS)  # then serve: 503s say why
-        handle_face = await handle_server.start(config, pipeline, metrics)
+        handle_face = await handle_server.start(config, pipeline, metrics, cache)
         yield
         if handle_face is not None:
             await handle_face.stop()

@@ -27,8 +27,7 @@ import datetime
 import hashlib
 import struct
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from cryptography.hazmat.primitives.asymmetric import dsa, rsa
@@ -59,9 +58,12 @@ FLAG_DNRF = 1 << 20
 _ECHOED = FLAG_AUTH | FLAG_CERT | FLAG_ENCR | FLAG_CACR | FLAG_PUBL | FLAG_DNRF
 """Flags a response copies from its request (CNRI ``AbstractMessage.takeValuesFrom``)."""
 HASH_MD5, HASH_SHA1, HASH_SHA256 = 1, 2, 3
+_SHA1, _SHA256 = bytes([HASH_SHA1]), bytes([HASH_SHA256])
 
 _ENVELOPE = struct.Struct(">BBBBIIII")
 _HEADER = struct.Struct(">IIIHBxII")
+_FRAME = struct.Struct(">BBBBIIIIIIIHBxII")
+"""Envelope and header together: what every response starts with."""
 _U32 = struct.Struct(">I")
 VALUE_HEAD = struct.Struct(">IIBIB")
 _EXPIRY = 43200
@@ -75,8 +77,7 @@ class OperationNotSupported(ClientError):
     http_status = 501
 
 
-@dataclass(frozen=True, slots=True)
-class Envelope:
+class Envelope(NamedTuple):
     major: int = VERSION[0]
     minor: int = VERSION[1]
     flags: int = 0
@@ -104,8 +105,7 @@ class Envelope:
         return cls(major, minor, flags & 0xE0, s_major, s_minor, session, request, seq, length)
 
 
-@dataclass(frozen=True, slots=True)
-class Header:
+class Header(NamedTuple):
     opcode: int
     response_code: int = 0
     flags: int = 0
@@ -116,17 +116,13 @@ class Header:
 
     @classmethod
     def decode(cls, data: bytes, offset: int = ENVELOPE_SIZE) -> Header:
-        return cls(*_HEADER.unpack_from(data, offset))
+        return cls._make(_HEADER.unpack_from(data, offset))
 
     def encode(self) -> bytes:
-        return _HEADER.pack(
-            self.opcode, self.response_code, self.flags, self.serial, self.recursion,
-            self.expiration, self.body_length,
-        )  # fmt: skip
+        return _HEADER.pack(*self)
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
+class Request(NamedTuple):
     """A decoded request: its envelope and header, and the resolution body when it has one."""
 
     envelope: Envelope
@@ -202,15 +198,43 @@ def split_message(data: bytes) -> tuple[Envelope, Header, Reader]:
 
 def decode_request(data: bytes) -> Request:
     """Decode a request; bytes after its body (a credential, extra fields) are ignored."""
+    plain = _plain_resolution(data)
+    return plain if plain is not None else _decode_request(data)
+
+
+def _plain_resolution(data: bytes) -> Request | None:
+    """The common case in one pass: a well-formed resolution request without filters.
+    None for anything else, which the general decoder reads (and explains when it fails)."""
+    if len(data) < ENVELOPE_SIZE + HEADER_SIZE + 12:
+        return None
+    fields = _FRAME.unpack_from(data)
+    length, opcode, body_length = fields[7], fields[8], fields[14]
+    end = ENVELOPE_SIZE + HEADER_SIZE + body_length
+    if opcode != OC_RESOLUTION or length > MAX_MESSAGE or end > ENVELOPE_SIZE + length:
+        return None
+    if length > len(data) - ENVELOPE_SIZE or body_length > length - HEADER_SIZE:
+        return None
+    at = ENVELOPE_SIZE + HEADER_SIZE + 4 + _U32.unpack_from(data, 44)[0]
+    if at + 8 > end or data[at : at + 8] != b"\x00" * 8:
+        return None
+    flags, s_minor = fields[2], fields[3]
+    s_major = flags & 0x03
+    if s_major == 0:
+        s_major, s_minor = fields[0], fields[1]
+    envelope = Envelope(fields[0], fields[1], flags & 0xE0, s_major, s_minor, *fields[4:8])
+    return Request(envelope, Header._make(fields[8:]), data[ENVELOPE_SIZE:end], data[48:at])
+
+
+def _decode_request(data: bytes) -> Request:
     envelope, header, body = split_message(data)
     signed = data[ENVELOPE_SIZE : body.end]
     if header.opcode != OC_RESOLUTION:
         return Request(envelope, header, signed)
     handle = body.array("handle")
-    indexes = tuple(
-        body.u32("index") for _ in range(body.count("index", 4))
-    )  # 0 and values above 2^31 match nothing
-    types = tuple(body.text("type") for _ in range(body.count("type", 4)))
+    n = body.count("index", 4)
+    indexes = struct.unpack_from(f">{n}I", body.take(4 * n, "index")) if n else ()
+    n = body.count("type", 4)
+    types = tuple(body.text("type") for _ in range(n)) if n else ()
     return Request(envelope, header, signed, handle, indexes, types)
 
 
@@ -304,11 +328,11 @@ def _answer_version(request: Request) -> tuple[int, int]:
     return min((env.suggest_major, env.suggest_minor), VERSION)
 
 
-def request_digest(request: Request) -> bytes:
+def request_digest(request: Request, version: tuple[int, int] | None = None) -> bytes:
     """Hash code and digest of the request for RRDG: SHA-256 from 2.7, SHA-1 before."""
-    if _answer_version(request) >= (2, 7):
-        return bytes([HASH_SHA256]) + hashlib.sha256(request.signed_part).digest()
-    return bytes([HASH_SHA1]) + hashlib.sha1(request.signed_part).digest()
+    if (version or _answer_version(request)) >= (2, 7):
+        return _SHA256 + hashlib.sha256(request.signed_part).digest()
+    return _SHA1 + hashlib.sha1(request.signed_part).digest()
 
 
 def response(
@@ -323,24 +347,27 @@ def response(
     """A whole response message (envelope, header, body, empty credential) to ``request``."""
     req = request.header
     flags = (req.flags & _ECHOED) | FLAG_RECU
-    if req.flags & FLAG_RRDG and _answer_version(request) >= (2, 1):  # 2.0 had no flag for it
+    major, minor = version = _answer_version(request)
+    if req.flags & FLAG_RRDG and version >= (2, 1):  # 2.0 had no flag for it
         flags |= FLAG_RRDG
-        body = request_digest(request) + body
-    major, minor = _answer_version(request)
-    header = Header(
-        req.opcode, response_code, flags, serial & 0xFFFF, req.recursion, now + _EXPIRY, len(body)
-    ).encode()
-    length = HEADER_SIZE + len(body) + 4
-    envelope = Envelope(
-        major, minor, ENV_TRUNCATED if truncated else 0, VERSION[0], VERSION[1],
-        request.envelope.session_id, request.envelope.request_id, 0, length,
+        body = request_digest(request, version) + body
+    env = request.envelope
+    head = _FRAME.pack(
+        major, minor, (ENV_TRUNCATED if truncated else 0) | VERSION[0], VERSION[1],
+        env.session_id, env.request_id, 0, HEADER_SIZE + len(body) + 4,
+        req.opcode, response_code, flags, serial & 0xFFFF, req.recursion, now + _EXPIRY, len(body),
     )  # fmt: skip
-    return envelope.encode() + header + body + b"\x00\x00\x00\x00"
+    return head + body + b"\x00\x00\x00\x00"
+
+
+def values_part(encoded_values: Iterable[bytes]) -> bytes:
+    """The count and the values of a resolution response's body."""
+    chosen = list(encoded_values)
+    return _U32.pack(len(chosen)) + b"".join(chosen)
 
 
 def resolution_body(handle: bytes, encoded_values: Iterable[bytes]) -> bytes:
-    chosen = list(encoded_values)
-    return pack_bytes(handle) + _U32.pack(len(chosen)) + b"".join(chosen)
+    return pack_bytes(handle) + values_part(encoded_values)
 
 
 def error_body(message: str) -> bytes:
