@@ -75,6 +75,8 @@ log = logging.getLogger("idnode.handle")
 Reply = Callable[[bytes], None]
 SiteInfo = Callable[[], Site | None]
 _ENCODED_ENTRIES = 10000
+_MAX_UNREAD = 4 * 1024 * 1024
+"""Answers a TCP client may leave unread before its connection is closed."""
 """Records whose wire-encoded values are kept, beside the pipeline's cache of their JSON."""
 
 
@@ -363,8 +365,14 @@ class _Stream(asyncio.Protocol):
             self.face.answer(message, "tcp", self._send, MAX_MESSAGE)
 
     def _send(self, message: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(message)
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if transport.get_write_buffer_size() > _MAX_UNREAD:
+            log.info("Handle protocol over TCP: client reads no answers; connection closed")
+            transport.abort()
+            return
+        transport.write(message)
 
     def _close(self) -> None:
         if self.transport is not None:
