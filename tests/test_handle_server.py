@@ -325,3 +325,15 @@ async def test_off_or_taken_port_leaves_http_serving(caplog: pytest.LogCaptureFi
     finally:
         taken.close()
     assert "cannot listen on 127.0.0.1" in caplog.text
+
+
+async def test_oversized_datagrams(wired: Wired, record: str) -> None:
+    long_handle = await wired.ask("88.118.8/" + "x" * 3000)
+    assert long_handle.header.response_code == 102 and "2048" in long_handle.message
+    junk = bytearray(os.urandom(60_000))
+    junk[0], junk[16:20], junk[24:28] = 2, struct.pack(">I", 59_980), bytes(4)
+    answer = client.decode_response(await wired.udp(bytes(junk)))
+    assert answer.header.response_code in (4, 5) and answer.message
+    padded = bytearray(client.resolution_request(record, request_id=3) + bytes(50_000))
+    padded[16:20] = struct.pack(">I", len(padded) - 20)
+    assert (await wired.udp(bytes(padded)))[27] == 1  # the padding is ignored
