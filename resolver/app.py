@@ -43,6 +43,7 @@ from resolver import (
     batch_api,
     browser,
     dns_front,
+    handle_server,
     search_api,
     templates_api,
     trace_api,
@@ -460,9 +461,11 @@ def create_app(
         checkpointing = asyncio.create_task(checkpointer.run(lambda: startup.done))
         await asyncio.wait({starting}, timeout=STARTUP_WAIT_SECONDS)  # then serve: 503s say why
         dns = await dns_front.serve(app[api.NODE])  # None unless IDNODE_DNS_PORT is set
+        handle_face = await handle_server.start(config, pipeline, metrics, cache)
         yield
-        if dns is not None:
-            await dns.stop()
+        for face in (dns, handle_face):
+            if face is not None:
+                await face.stop()
         for task in (flusher, starting, checkpointing):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

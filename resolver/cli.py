@@ -13,7 +13,7 @@ import sys
 from registry import migrate
 from registry.errors import ClientError, IdNodeError
 from registry.store import Store
-from resolver import audit_cli, server, templates_api, transfer
+from resolver import audit_cli, handle_client, server, templates_api, transfer
 from resolver.app import node_registry
 from resolver.commands import run, with_store
 from resolver.config import Config, check_base_url
@@ -107,6 +107,7 @@ def parser() -> argparse.ArgumentParser:
     transfer.add_commands(sub)
     templates_api.add_commands(sub)
     audit_cli.add_commands(sub)
+    handle_client.add_command(sub)
     return p
 
 

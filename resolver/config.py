@@ -214,6 +214,23 @@ SETTINGS: dict[str, Setting] = {
         None,
         "base URL other nodes use to reach this one, published in HS_SITE of homed prefixes",
     ),
+    # The Handle protocol front-end (resolver/handle_server.py)
+    "handle_port": Setting(
+        "IDNODE_HANDLE_PORT", "2641", "UDP and TCP port of the Handle protocol (0 turns it off)"
+    ),
+    "handle_host": Setting(
+        "IDNODE_HANDLE_HOST", None, "address the Handle protocol listens on (default: IDNODE_HOST)"
+    ),
+    "handle_max_inflight": Setting(
+        "IDNODE_HANDLE_MAX_INFLIGHT",
+        "1000",
+        "Handle-protocol lookups one process waits on at once; more are answered responseCode 3",
+    ),
+    "handle_idle_timeout": Setting(
+        "IDNODE_HANDLE_IDLE_TIMEOUT",
+        "30",
+        "seconds a quiet Handle-protocol TCP connection stays open",
+    ),
 }
 
 
@@ -268,6 +285,10 @@ class Config:
     upstream_negative_ttl: int = 30
     upstream_stale_seconds: int = 3600
     advertise_url: str | None = None
+    handle_port: int = 2641
+    handle_host: str | None = None
+    handle_max_inflight: int = 1000
+    handle_idle_timeout: float = 30.0
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
     """Where each setting that is not at its default came from."""
 
@@ -356,6 +377,10 @@ class Config:
         values["dns_zone"] = parse("dns_zone", raw, _dns_name, _any)
         values["dns_nameserver"] = parse("dns_nameserver", raw, _dns_name, _any)
         values.update(_recursion_values(raw, parse))
+        values["handle_port"] = parse("handle_port", raw, int, _between(0, 65535))
+        values["handle_host"] = parse("handle_host", raw, str, _non_empty)
+        values["handle_max_inflight"] = parse("handle_max_inflight", raw, int, _between(1, 10**6))
+        values["handle_idle_timeout"] = parse("handle_idle_timeout", raw, float, _within(0.1, 3600))
         if (values["tls_cert"] is None) != (values["tls_key"] is None):
             raise ConfigError("IDNODE_TLS_CERT and IDNODE_TLS_KEY: set both or neither")
         return cls(**values, sources=dict(sources))

@@ -127,6 +127,21 @@ class Metrics:
             buckets=DURATION_BUCKETS,
             registry=r,
         )
+        # The Handle protocol front-end (resolver/handle_server.py)
+        self.handle_requests = Counter(
+            "idnode_handle_requests_total",
+            "Handle-protocol messages by transport, opcode (1, 2 or other) and result"
+            " (the responseCode answered, or dropped).",
+            ["transport", "opcode", "result"],
+            registry=r,
+        )
+        self.handle_duration = Histogram(
+            "idnode_handle_request_duration_seconds",
+            "Time from a Handle-protocol message's arrival to its answer being sent.",
+            ["transport"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
         self.flush_hooks: list[Callable[[], None]] = []
         """Called by ``flush()``: front-ends that count on their hot path move counts in."""
         # upstream nodes (resolver/upstream.py): no URL or prefix labels

@@ -167,6 +167,7 @@ def node_config(key_dir: Path, **settings: Any) -> Config:
         "sealing_key": key_dir / "sealing.key",
         "audit_key": key_dir / "audit.pem",
     }
+    unlimited["handle_port"] = 0  # no Handle-protocol listener unless a test asks for one
     return Config(**{**keys, **unlimited, **settings})
 
 
