@@ -25,6 +25,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import dns.name
 import pytest
 from aiohttp import web
 
@@ -35,6 +36,7 @@ from resolver.api import NODE
 from resolver.app import create_app
 from resolver.breaker import Breaker, State
 from resolver.config import Config
+from resolver.dns_names import to_name
 from resolver.metrics import Metrics
 from resolver.pipeline import encode
 from resolver.sites import advertised_site, base_url, read_site, site_urls, site_value
@@ -48,6 +50,7 @@ from resolver.upstream import (
     parse_via,
 )
 from tests.conftest import Tenant, _with_database, free_port, node_config, served
+from tests.test_dns import UNBOUND_CONF, debian_tool, run_dig
 
 
 class FakeClock:
@@ -148,6 +151,8 @@ class Hierarchy:
     b: Node
     clock: FakeClock
     b_admin: Tenant
+    a_dns: int
+    """A's DNS front-end port (zone ``DNS_ZONE``)."""
 
 
 @pytest.fixture(name="h")
@@ -155,6 +160,7 @@ async def hierarchy(
     databases: Callable[[], Any], tmp_path: Path, key_dir: Path
 ) -> AsyncIterator[Hierarchy]:
     clock = FakeClock()
+    a_dns = free_port()
     b_port = free_port()
     b_url = f"http://127.0.0.1:{b_port}"
     async with contextlib.AsyncExitStack() as stack:
@@ -173,6 +179,8 @@ async def hierarchy(
                 recursion=True,
                 root_url=root.url,
                 upstream_stale_seconds=600,
+                dns_port=a_dns,
+                dns_zone=DNS_ZONE,
             )
         )
         await home(root, "88")
@@ -180,7 +188,7 @@ async def hierarchy(
         assert await registry.delegate("88.200", site_value(b_url, registry.timestamp()))
         await home(b, "88.200")
         admin = await home(b, "88.200.1")
-        yield Hierarchy(root, a, b, clock, admin)
+        yield Hierarchy(root, a, b, clock, admin, a_dns)
 
 
 async def test_a_resolves_through_the_root_caches_and_serves_stale(h: Hierarchy) -> None:
@@ -669,3 +677,44 @@ async def test_a_trace_shows_foreign_identifiers_resolved_through_other_nodes(
     assert lot["values"][0]["data"]["value"] == "https://b.example/lot7"
     assert nodes["88.200.1/missing"]["status"] == "foreign"
     assert "values" not in nodes["88.200.1/missing"]  # not found over there: a bare link
+
+
+DNS_ZONE = "id.example."
+
+
+async def test_four_nodes_a_dns_resolver_in_front_of_the_recursive_node(
+    h: Hierarchy, tmp_path: Path
+) -> None:
+    """unbound → A (DNS front-end, recursive) → the root (site) → B (homes 88.200.1): a DNS
+    query for a handle B serves is answered, and a denial is cached by unbound."""
+    dig, unbound = debian_tool("dig", "dnsutils"), debian_tool("unbound", "unbound")
+    await put(h.b, h.b_admin, "88.200.1/engine-9", "https://b.example/engine-9")
+    origin = dns.name.from_text(DNS_ZONE)
+    name = to_name(parse("88.200.1/engine-9"), origin).to_text()
+    absent = to_name(parse("88.200.1/absent"), origin).to_text()
+    port = free_port()
+    conf = tmp_path / "unbound.conf"
+    conf.write_text(UNBOUND_CONF.format(port=port, dir=tmp_path, zone=DNS_ZONE, upstream=h.a_dns))
+    process = await asyncio.create_subprocess_exec(
+        unbound, "-d", "-c", str(conf),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        for _ in range(50):  # unbound is up when it answers
+            out = await run_dig(dig, port, name, "TXT")
+            if "status: NOERROR" in out:
+                break
+            await asyncio.sleep(0.1)
+        assert '"URL=https://b.example/engine-9"' in out, out
+        for _ in range(2):
+            out = await run_dig(dig, port, absent, "TXT")
+            assert "status: NXDOMAIN" in out and "SOA" in out, out
+        h.a.metrics.flush()
+        denials = {"transport": "udp", "qtype": "TXT", "rcode": "NXDOMAIN"}
+        seen = h.a.metrics.registry.get_sample_value("idnode_dns_requests_total", denials)
+        assert seen == 1, "the second denial came from unbound's cache"
+        assert h.b.resolved("404") == 1, "A asked B once"
+    finally:
+        process.terminate()
+        await asyncio.wait_for(process.communicate(), 10)
