@@ -17,6 +17,10 @@
 5. Runs ``benchmarks.bulk`` (``idnode import`` against a raw COPY of the same rows,
    ``idnode export``) and ``benchmarks.search`` (search and listing latency over
    10,000,000 records, seeded once into their own database) and appends them.
+6. Runs, each as its own process, the benchmarks that start their own nodes and print their
+   own same-run baselines: the Handle protocol and DNS over UDP against the HTTP fast path,
+   recursion (upstream round trips saved), traceability and the audit log (with and without
+   it; proofs over 10,000,000 entries); their output is appended as it was printed.
 
 Environment: ``IDNODE_BENCH_SECONDS`` (default 10), ``IDNODE_BENCH_IDENTIFIERS``
 (default 1000000), ``DATABASE_URL`` (default: the embedded server). The machine
@@ -30,6 +34,8 @@ import contextlib
 import datetime
 import os
 import signal
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -293,6 +299,32 @@ def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)  # unwinds: servers stopped, embedded PostgreSQL stopped
 
 
+SEPARATE = (
+    ("Handle protocol over UDP against the HTTP fast path", "benchmarks.handle_udp"),
+    ("DNS over UDP against the HTTP fast path", "benchmarks.dns_udp"),
+    ("Recursion: upstream round trips saved, foreign against local", "benchmarks.recursion"),
+    ("Traceability", "benchmarks.trace"),
+    ("Audit log", "benchmarks.audit"),
+)
+"""Benchmarks that start their own nodes and print their own ratios, run one after another."""
+
+
+def separate(module: str) -> list[str]:
+    """Run ``python -m module``, echo its output as it comes, and answer its lines."""
+    print(f"\nbench: python -m {module}", flush=True)
+    lines: list[str] = []
+    with subprocess.Popen(
+        [sys.executable, "-m", module], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    ) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            print(line, end="", flush=True)
+            lines.append(line.rstrip("\n"))
+    if process.returncode:
+        lines.append(f"(python -m {module} exited with status {process.returncode})")
+    return lines
+
+
 def main() -> int:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     started = time.monotonic()
@@ -323,6 +355,10 @@ def main() -> int:
         print(f"\n{title}:\n" + "\n".join(lines), flush=True)
         with RESULTS.open("a", encoding="utf-8") as out:
             out.write(f"\n### {title}\n\n" + "".join(f"- {line}\n" for line in lines))
+    for title, module in SEPARATE:
+        lines = separate(module)
+        with RESULTS.open("a", encoding="utf-8") as out:
+            out.write(f"\n### {title}\n\n```\n" + "\n".join(lines) + "\n```\n")
     print(f"\nbench: wrote {RESULTS.relative_to(ROOT)}; {time.monotonic() - started:.0f} s in all")
     return 0
 
