@@ -330,7 +330,9 @@ def node_registry(config: Config, store: Store, *, clock: Clock = time.time) -> 
         raise ConfigError(f"node keys: {exc}") from None
     registry = Registry(store, clock=clock, sealer=sealer, node_key=node_key, audit_key=audit_key)
     if config.advertise_url:
-        registry.site = functools.partial(site_value, config.advertise_url)
+        registry.site = functools.partial(
+            site_value, config.advertise_url, handle_port=config.handle_port
+        )
     return registry
 
 

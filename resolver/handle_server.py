@@ -38,7 +38,7 @@ from registry.errors import (
     ServerTooBusy,
     ValuesNotFound,
 )
-from registry.site import QUERY, Interface, Server, Site, address_bytes
+from registry.site import Site
 from resolver.cache import Cache, Entry
 from resolver.config import Config
 from resolver.handle_codec import (
@@ -70,6 +70,7 @@ from resolver.handle_codec import (
 )
 from resolver.metrics import Metrics
 from resolver.pipeline import Stage
+from resolver.sites import node_site
 
 log = logging.getLogger("idnode.handle")
 Reply = Callable[[bytes], None]
@@ -432,7 +433,7 @@ async def start(
     face = HandleFace(
         pipeline,
         metrics,
-        site_info=site_info or partial(lambda site: site, config_site(config)),
+        site_info=site_info or partial(lambda site: site, node_site(config)),
         cache=cache,
         max_inflight=config.handle_max_inflight,
     )
@@ -446,16 +447,3 @@ async def start(
     server = await loop.create_server(lambda: _Stream(face, config.handle_idle_timeout), sock=tcp)
     log.info("Handle protocol on %s:%d (UDP and TCP)", host, config.handle_port)
     return Listeners(face, [transport, server])
-
-
-def config_site(config: Config) -> Site:
-    """This node as a one-server site, from its configuration: Handle-protocol queries over
-    TCP and UDP on the configured port (an advertised site is another piece's to provide)."""
-    host = config.handle_host or config.host
-    try:
-        address = address_bytes(host)
-    except ClientError:
-        address = address_bytes("127.0.0.1")  # a host name: the site record needs an address
-    port = config.handle_port
-    server = Server(1, address, b"", (Interface(QUERY, 1, port), Interface(QUERY, 0, port)))
-    return Site(serial_number=1, primary=True, attributes=(("desc", "idnode"),), servers=(server,))

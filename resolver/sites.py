@@ -26,8 +26,9 @@ from registry import handle as hs
 from registry import values as hv
 from registry.errors import ClientError, NotResponsible, ServerTooBusy
 from registry.handle import Handle, fold
-from registry.site import ADMIN, QUERY, Interface, Server, Site
+from registry.site import ADMIN, QUERY, Interface, Server, Site, address_bytes
 from resolver.cache import Clock, Entry
+from resolver.config import Config
 
 SITE_TYPE = "HS_SITE"
 SITE_INDEX = 1
@@ -36,6 +37,8 @@ URL_ATTRIBUTE = "idnode.url"
 MAX_DEPTH = 10
 """Segments of the deepest prefix a walk up considers (a handle may have hundreds)."""
 _PROTOCOL_OF_SCHEME = {"http": 2, "https": 3}
+UDP, TCP = 0, 1
+"""Interface protocols of RFC 3651 (HTTP is 2, HTTPS 3)."""
 
 Query = Callable[[str, Handle, tuple[str, ...]], Awaitable[Entry]]
 """Ask the node at a base URL for a handle: (base URL, handle, via chain) → entry."""
@@ -46,24 +49,43 @@ def walk(prefix: str) -> list[str]:
     return [p for p in hs.parent_prefixes(prefix) if p.count(".") < MAX_DEPTH]
 
 
-def advertised_site(base_url: str) -> Site:
-    """The HS_SITE describing a node reached at ``base_url`` (its HTTP or HTTPS interface)."""
+def advertised_site(base_url: str, *, handle_port: int = 0) -> Site:
+    """The HS_SITE describing a node reached at ``base_url`` (its HTTP or HTTPS interface),
+    and over the Handle protocol (TCP and UDP queries) on ``handle_port`` when it is on."""
     url = URL(base_url)
     try:
         address = ipaddress.ip_address(url.host or "").packed.rjust(16, b"\x00")
     except ValueError:
         address = bytes(16)  # a host name: only the idnode.url attribute says where
     port = url.port or (443 if url.scheme == "https" else 80)
-    interface = Interface(ADMIN | QUERY, _PROTOCOL_OF_SCHEME[url.scheme], port)
+    interfaces = [Interface(ADMIN | QUERY, _PROTOCOL_OF_SCHEME[url.scheme], port)]
+    if handle_port:
+        interfaces += [Interface(QUERY, TCP, handle_port), Interface(QUERY, UDP, handle_port)]
     return Site(
-        servers=(Server(1, address, b"", (interface,)),),
+        servers=(Server(1, address, b"", tuple(interfaces)),),
         attributes=((URL_ATTRIBUTE, base_url.rstrip("/")),),
+        primary=True,
     )
 
 
-def site_value(base_url: str, timestamp: str) -> hv.Value:
-    """This node's HS_SITE value for its homed prefixes' records."""
-    data = advertised_site(base_url).to_json()
+def node_site(config: Config) -> Site:
+    """This node's own site, as get-site-info gives it and its homed prefixes publish it:
+    the advertised one (``IDNODE_ADVERTISE_URL``), else the Handle protocol's interfaces at
+    the configured address (a host name gives 127.0.0.1: the record needs an address)."""
+    if config.advertise_url:
+        return advertised_site(config.advertise_url, handle_port=config.handle_port)
+    try:
+        address = address_bytes(config.handle_host or config.host)
+    except ClientError:
+        address = address_bytes("127.0.0.1")
+    port = config.handle_port
+    server = Server(1, address, b"", (Interface(QUERY, TCP, port), Interface(QUERY, UDP, port)))
+    return Site(attributes=(("desc", "idnode"),), servers=(server,), primary=True)
+
+
+def site_value(base_url: str, timestamp: str, *, handle_port: int = 0) -> hv.Value:
+    """The HS_SITE value of a node reached at ``base_url``, for a prefix record."""
+    data = advertised_site(base_url, handle_port=handle_port).to_json()
     return hv.Value(SITE_INDEX, SITE_TYPE, "site", data, timestamp=timestamp)
 
 

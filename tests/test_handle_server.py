@@ -17,13 +17,16 @@ import orjson
 import pytest
 
 from registry.errors import ConfigError
+from registry.site import Site
+from registry.store import Store, create_pool
 from resolver import handle_client as client
 from resolver import handle_codec as wire
 from resolver import handle_server
+from resolver.app import node_registry
 from resolver.config import Config
 from resolver.metrics import Metrics
 from resolver.pipeline import Stage
-from tests.conftest import ROOT, RunningNode, Tenant, free_port, running
+from tests.conftest import ROOT, RunningNode, Tenant, free_port, node_config, running
 
 VALUES = [
     {"index": 1, "type": "URL", "data": "https://example.com/p/1"},
@@ -337,3 +340,32 @@ async def test_oversized_datagrams(wired: Wired, record: str) -> None:
     padded = bytearray(client.resolution_request(record, request_id=3) + bytes(50_000))
     padded[16:20] = struct.pack(">I", len(padded) - 20)
     assert (await wired.udp(bytes(padded)))[27] == 1  # the padding is ignored
+
+
+async def test_site_info_is_the_site_the_homed_prefixes_publish(
+    fresh_db: str, tmp_path: Path, key_dir: Path
+) -> None:
+    """With IDNODE_ADVERTISE_URL, get-site-info and the HS_SITE of a homed prefix's record
+    describe one site: the HTTP interface and the Handle protocol over TCP and UDP."""
+    port = free_port()
+    settings: dict[str, Any] = {"handle_port": port, "advertise_url": "http://192.0.2.10:8000"}
+    async with running(fresh_db, tmp_path, key_dir, **settings) as node:
+        pool = await create_pool(fresh_db, max_size=1)
+        try:
+            registry = node_registry(node_config(key_dir, **settings), Store(pool))
+            assert await registry.home_prefix("88.300.12", "s3cret")
+        finally:
+            await pool.close()
+        answer = await client.query("127.0.0.1", port, "/", opcode=wire.OC_GET_SITE_INFO)
+        assert answer.site is not None
+        (server,) = answer.site.servers
+        assert {(i.protocol, i.port) for i in server.interfaces} == {
+            (2, 8000),
+            (1, port),
+            (0, port),
+        }
+        assert server.address == bytes(12) + bytes([192, 0, 2, 10])
+        async with node.session.get(node.api("0.NA/88.300.12"), params={"type": "HS_SITE"}) as r:
+            assert r.status == 200, await r.text()
+            (published,) = (await r.json())["values"]
+        assert Site.from_json(published["data"]["value"]) == answer.site
