@@ -22,7 +22,6 @@ import contextlib
 import os
 import random
 import socket
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,9 +29,9 @@ from pathlib import Path
 import dns.message
 import dns.name
 
-from benchmarks import dataset, wrk
+from benchmarks import dataset, targets, wrk
 from benchmarks.run import HOT, HOT_LUA, ID_ARGS
-from benchmarks.system import ROOT, ensure_packages, free_port, git_describe, server
+from benchmarks.system import ROOT, ensure_packages, free_port, git_describe
 from registry.handle import parse
 from resolver.dns_names import to_name
 
@@ -42,30 +41,16 @@ COUNT = int(os.environ.get("IDNODE_BENCH_IDENTIFIERS", "10000"))
 ZONE = dns.name.from_text("id.example.")
 WINDOW = 256
 """Datagrams outstanding at once."""
-LOAD_CORE, NODE_CORE = 0, 1
+LOAD_CORE = 0
+"""The load generator's core; the node runs on core 1 (benchmarks.system.server)."""
 
 
 @contextlib.contextmanager
 def node(dsn: str, workdir: Path) -> Iterator[tuple[str, int]]:
     """``idnode serve`` with one worker and the DNS front-end: (HTTP base URL, DNS port)."""
-    port, dns_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IDNODE_")}
-    env.update(
-        DATABASE_URL=dsn,
-        IDNODE_HOST="127.0.0.1",
-        IDNODE_PORT=str(port),
-        IDNODE_LOG_LEVEL="WARNING",
-        IDNODE_WORKERS="1",
-        IDNODE_DATA_DIR=str(workdir),
-        IDNODE_READ_RATE="0",
-        IDNODE_WRITE_RATE="0",
-        IDNODE_DNS_PORT=str(dns_port),
-        IDNODE_DNS_ZONE=ZONE.to_text(),
-    )
-    base = f"http://127.0.0.1:{port}"
-    argv = [sys.executable, "-m", "resolver.cli", "serve"]  # this checkout's code (cwd=ROOT)
-    log = workdir / "node.log"
-    with server("idnode", argv, ready_url=base + "/healthz", log=log, env=env, core=NODE_CORE):
+    dns_port = free_port()
+    settings = {"IDNODE_DNS_PORT": str(dns_port), "IDNODE_DNS_ZONE": ZONE.to_text()}
+    with targets.node(dsn, workdir, workdir / "node.log", workers=1, **settings) as base:
         yield base, dns_port
 
 

@@ -36,8 +36,8 @@ from pathlib import Path
 
 import orjson
 
-from benchmarks import dataset, wrk
-from benchmarks.system import ROOT, ensure_packages, free_port, http_get, pinned, server
+from benchmarks import dataset, targets, wrk
+from benchmarks.system import ROOT, ensure_packages, free_port, http_get, pinned
 from resolver import handle_client as client
 
 SECONDS = int(os.environ.get("IDNODE_BENCH_SECONDS", "10"))
@@ -58,22 +58,9 @@ def hot_handles() -> list[str]:
 @contextlib.contextmanager
 def node(dsn: str, workdir: Path, log: Path) -> Iterator[tuple[str, int]]:
     """``idnode serve`` (this checkout) with the Handle protocol: (HTTP base, Handle port)."""
-    port, handle_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IDNODE_")}
-    env.update(
-        DATABASE_URL=dsn,
-        IDNODE_HOST="127.0.0.1",
-        IDNODE_PORT=str(port),
-        IDNODE_HANDLE_PORT=str(handle_port),
-        IDNODE_LOG_LEVEL="WARNING",
-        IDNODE_WORKERS="1",
-        IDNODE_DATA_DIR=str(workdir),
-        IDNODE_READ_RATE="0",
-        IDNODE_WRITE_RATE="0",
-    )
-    base = f"http://127.0.0.1:{port}"
-    argv = [sys.executable, "-m", "resolver.cli", "serve"]
-    with server("idnode", argv, ready_url=base + "/healthz", log=log, env=env):
+    handle_port = free_port()
+    settings = {"IDNODE_HANDLE_PORT": str(handle_port)}
+    with targets.node(dsn, workdir, log, workers=1, **settings) as base:
         yield base, handle_port
 
 

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from benchmarks.system import ROOT, find_binary, free_port, server
+from benchmarks.system import find_binary, free_port, server
 
 NODE_WORKERS = 1
 """One serving process, like nginx's one worker: the server side has one core."""
@@ -85,15 +85,12 @@ def naive(dsn: str, workdir: Path) -> Iterator[str]:
         yield base
 
 
-def idnode_binary() -> str:
-    """``idnode`` of the interpreter running the benchmarks (the project venv)."""
-    beside = Path(sys.executable).parent / "idnode"
-    return str(beside if beside.exists() else ROOT / ".venv" / "bin" / "idnode")
-
-
 @contextlib.contextmanager
-def node(dsn: str, workdir: Path, log: Path, workers: int = NODE_WORKERS) -> Iterator[str]:
-    """``idnode serve`` on the benchmark database, warnings and errors logged to ``log``."""
+def node(
+    dsn: str, workdir: Path, log: Path, workers: int = NODE_WORKERS, **settings: str
+) -> Iterator[str]:
+    """``idnode serve`` of this checkout on the benchmark database, warnings and errors logged
+    to ``log``; ``settings`` are more ``IDNODE_*`` variables (``IDNODE_DNS_PORT="5353"``)."""
     port = free_port()
     env = _clean_env(
         DATABASE_URL=dsn,
@@ -106,8 +103,9 @@ def node(dsn: str, workdir: Path, log: Path, workers: int = NODE_WORKERS) -> Ite
         # limits would measure the limiter, not the node
         IDNODE_READ_RATE="0",
         IDNODE_WRITE_RATE="0",
+        **settings,
     )
     base = f"http://127.0.0.1:{port}"
-    argv = [idnode_binary(), "serve"]
+    argv = [sys.executable, "-m", "resolver.cli", "serve"]  # this checkout's code (cwd=ROOT)
     with server("idnode", argv, ready_url=base + "/healthz", log=log, env=env):
         yield base

@@ -4,6 +4,7 @@ sockets with dnspython, with ``dig``, and through a real recursive resolver (unb
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import shutil
@@ -415,26 +416,43 @@ forward-zone:
 """
 
 
-async def test_unbound_in_front_answers_and_caches_denials(
-    dns_node: DnsNode, tenant: TenantFactory, dig: str, unbound: str, tmp_path: Path
-) -> None:
-    t = await tenant()
-    handle = await put(dns_node, t, "JXDY2106023", [URL_A, EMAIL])
+@contextlib.asynccontextmanager
+async def forwarding(unbound: str, directory: Path, zone: str, upstream: int) -> AsyncIterator[int]:
+    """unbound on a free loopback port, forwarding ``zone`` to the DNS front-end at
+    ``upstream``; answers its port, and checks that it logged no error."""
     port = free_port()
-    conf = tmp_path / "unbound.conf"
-    conf.write_text(UNBOUND_CONF.format(port=port, dir=tmp_path, zone=ZONE, upstream=dns_node.port))
+    conf = directory / "unbound.conf"
+    conf.write_text(UNBOUND_CONF.format(port=port, dir=directory, zone=zone, upstream=upstream))
     process = await asyncio.create_subprocess_exec(
         unbound, "-d", "-c", str(conf),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     try:
-        name = dns_node.name(handle).to_text()
-        for _ in range(50):  # unbound is up when it answers
-            out = await run_dig(dig, port, name, "TXT")
-            if "status: NOERROR" in out:
-                break
-            await asyncio.sleep(0.1)
+        yield port
+    finally:
+        process.terminate()
+        output, _ = await asyncio.wait_for(process.communicate(), 10)
+    assert b"error" not in output.lower(), output.decode()
+
+
+async def first_answer(dig: str, port: int, name: str) -> str:
+    """dig's output for ``name`` TXT, asked until unbound is up and answers NOERROR."""
+    for _ in range(50):
+        out = await run_dig(dig, port, name, "TXT")
+        if "status: NOERROR" in out:
+            break
+        await asyncio.sleep(0.1)
+    return out
+
+
+async def test_unbound_in_front_answers_and_caches_denials(
+    dns_node: DnsNode, tenant: TenantFactory, dig: str, unbound: str, tmp_path: Path
+) -> None:
+    t = await tenant()
+    handle = await put(dns_node, t, "JXDY2106023", [URL_A, EMAIL])
+    async with forwarding(unbound, tmp_path, ZONE, dns_node.port) as port:
+        out = await first_answer(dig, port, dns_node.name(handle).to_text())
         assert '"URL=https://example.com/p/1"' in out and "flags: qr rd ra;" in out, out
         absent = dns_node.name(t.handle("absent")).to_text()
         for _ in range(2):
@@ -442,10 +460,6 @@ async def test_unbound_in_front_answers_and_caches_denials(
             assert "status: NXDOMAIN" in out and "SOA" in out, out
         # the second denial came from unbound's cache: the node saw one query for it
         assert dns_node.count("udp", "TXT", "NXDOMAIN") == 1
-    finally:
-        process.terminate()
-        output, _ = await asyncio.wait_for(process.communicate(), 10)
-    assert b"error" not in output.lower(), output.decode()
 
 
 # --- configuration -----------------------------------------------------------------------

@@ -50,7 +50,7 @@ from resolver.upstream import (
     parse_via,
 )
 from tests.conftest import Tenant, _with_database, free_port, node_config, served
-from tests.test_dns import UNBOUND_CONF, debian_tool, run_dig
+from tests.test_dns import debian_tool, first_answer, forwarding, run_dig
 
 
 class FakeClock:
@@ -692,20 +692,8 @@ async def test_four_nodes_a_dns_resolver_in_front_of_the_recursive_node(
     origin = dns.name.from_text(DNS_ZONE)
     name = to_name(parse("88.200.1/engine-9"), origin).to_text()
     absent = to_name(parse("88.200.1/absent"), origin).to_text()
-    port = free_port()
-    conf = tmp_path / "unbound.conf"
-    conf.write_text(UNBOUND_CONF.format(port=port, dir=tmp_path, zone=DNS_ZONE, upstream=h.a_dns))
-    process = await asyncio.create_subprocess_exec(
-        unbound, "-d", "-c", str(conf),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        for _ in range(50):  # unbound is up when it answers
-            out = await run_dig(dig, port, name, "TXT")
-            if "status: NOERROR" in out:
-                break
-            await asyncio.sleep(0.1)
+    async with forwarding(unbound, tmp_path, DNS_ZONE, h.a_dns) as port:
+        out = await first_answer(dig, port, name)
         assert '"URL=https://b.example/engine-9"' in out, out
         for _ in range(2):
             out = await run_dig(dig, port, absent, "TXT")
@@ -715,6 +703,3 @@ async def test_four_nodes_a_dns_resolver_in_front_of_the_recursive_node(
         seen = h.a.metrics.registry.get_sample_value("idnode_dns_requests_total", denials)
         assert seen == 1, "the second denial came from unbound's cache"
         assert h.b.resolved("404") == 1, "A asked B once"
-    finally:
-        process.terminate()
-        await asyncio.wait_for(process.communicate(), 10)
