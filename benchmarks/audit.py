@@ -20,9 +20,10 @@ consistency proofs over a 10-million-entry log answer with p99 under 5 ms.
 3. **Proofs** over ``IDNODE_BENCH_AUDIT_ENTRIES`` entries (default 10,000,000) in the
    KEPT database ``idnode_bench_audit``: see ``benchmarks/audit_proofs.py``.
 
-Each check of a round counts the entries appended: all of them with the log, none without.
-``python -m benchmarks.audit`` runs it all on the benchmark server (``DATABASE_URL`` or
-the embedded one under ``.data/bench/pg``); ``run(server)`` answers the result lines.
+Each round counts the entries appended: all of them with the log, none without.
+``python -m benchmarks.audit [writes] [import] [proofs]`` runs those parts (default: all)
+on the benchmark server (``DATABASE_URL`` or the embedded one under ``.data/bench/pg``);
+``run(server)`` answers the result lines.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -266,33 +267,46 @@ def load() -> str:
     return ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-async def measure(server: str) -> list[str]:
+PARTS = ("writes", "import", "proofs")
+
+
+async def measure(server: str, parts: Sequence[str] = PARTS) -> list[str]:
     say(f"load average at start {load()} (2 cores, shared machine)")
-    writes = await measure_writes(server)
-    imports = await measure_import(server)
-    proofs = await audit_proofs.measure(server)
-    return [
-        writes.line(GOAL_WRITES),
-        f"note: writes/s by round, with/without: {writes.rounds()}; 'without' ="
-        " registry.audit.append replaced by a no-op coroutine in this process for that round;"
-        " in-process because over HTTP each write's PBKDF2 Basic-auth check would dominate",
-        imports.line(GOAL_IMPORT),
-        f"note: rows/s by round, with/without: {imports.rounds()}; 'without' ="
-        " python -m benchmarks.no_audit import (append, stage and append_staged no-ops)",
-        *proofs,
-        f"note: load average at the end {load()}",
-    ]
+    lines: list[str] = []
+    if "writes" in parts:
+        writes = await measure_writes(server)
+        lines += [
+            writes.line(GOAL_WRITES),
+            f"note: writes/s by round, with/without: {writes.rounds()}; 'without' ="
+            " registry.audit.append replaced by a no-op coroutine in this process for that"
+            " round; in-process because over HTTP each write's PBKDF2 Basic-auth check would"
+            " dominate",
+        ]
+    if "import" in parts:
+        imports = await measure_import(server)
+        lines += [
+            imports.line(GOAL_IMPORT),
+            f"note: rows/s by round, with/without: {imports.rounds()}; 'without' ="
+            " python -m benchmarks.no_audit import (append, stage and append_staged no-ops)",
+        ]
+    if "proofs" in parts:
+        lines += await audit_proofs.measure(server)
+    return [*lines, f"note: load average at the end {load()}"]
 
 
-def run(server: str) -> list[str]:
-    """Measure all three parts; answers the result lines."""
-    return asyncio.run(measure(server))
+def run(server: str, parts: Sequence[str] = PARTS) -> list[str]:
+    """Measure the three parts (or those named); answers the result lines."""
+    return asyncio.run(measure(server, parts))
 
 
-def main() -> int:
+def main(argv: Sequence[str] = sys.argv[1:]) -> int:
+    unknown = [part for part in argv if part not in PARTS]
+    if unknown:
+        print(f"usage: python -m benchmarks.audit [{'] ['.join(PARTS)}] (default: all)")
+        return 2
     server = os.environ.get("DATABASE_URL") or start_embedded(BENCH_DIR.resolve() / "pg")
     started = time.monotonic()
-    lines = run(server)
+    lines = run(server, argv or PARTS)
     print()
     for line in lines:
         print(line)
