@@ -211,9 +211,57 @@ def checkpoint_clock(size: int) -> Callable[[], float]:
     return lambda: at
 
 
+async def build_in_stages(
+    conn: asyncpg.Connection, dsn: str, entries: int, key: AuditKey, phases: dict[str, float]
+) -> None:
+    """Write the entries of each stage, integrate them and sign a checkpoint of the tree."""
+    done, count = 0, handles(entries)
+    for size in stage_sizes(entries):
+        phases["entries"] += await load_entries(dsn, done, size, count)
+        await conn.execute("UPDATE audit_head SET size = $1", size)
+        began = time.perf_counter()
+        if await audit.integrate(conn) != size:
+            raise SystemExit(f"audit: the tree does not cover the {size:,} entries")
+        phases["tree"] += time.perf_counter() - began
+        began = time.perf_counter()
+        await audit.make_checkpoint(conn, key, checkpoint_clock(size))
+        phases["checkpoints"] += time.perf_counter() - began
+        say(
+            f"{size:,} entries, tree and checkpoint ({phases['entries']:,.0f} s writing,"
+            f" {phases['tree']:,.0f} s integrating)"
+        )
+        done = size
+
+
+async def rebuild(conn: asyncpg.Connection, indexes: list[asyncpg.Record]) -> dict[str, float]:
+    """Re-create the dropped indexes, then vacuum and analyze the three tables."""
+    began = time.perf_counter()
+    await conn.execute(f"SET maintenance_work_mem = '{MAINTENANCE_WORK_MEM}'")
+    for row in indexes:
+        await conn.execute(row["indexdef"])
+    built = time.perf_counter()
+    for name in ("audit_log", "audit_tree", "audit_checkpoints"):
+        await conn.execute(f"VACUUM ANALYZE {name}")
+    return {"indexes": built - began, "vacuum": time.perf_counter() - built}
+
+
+async def record(conn: asyncpg.Connection, seeding: Seeding) -> None:
+    """Keep the seeding figures in the database's comment."""
+    kept = orjson.dumps(
+        {
+            "entries": seeding.entries,
+            "phases": seeding.phases,
+            "at": seeding.at,
+            "key_id": seeding.key_id,
+        }
+    ).decode()
+    quoted = kept.replace("'", "''")
+    await conn.execute(f"COMMENT ON DATABASE {DATABASE} IS '{quoted}'")
+
+
 async def seed(server: str, entries: int, key: AuditKey) -> Seeding:
-    count = handles(entries)
-    if math.gcd(MULTIPLIER, count) != 1:
+    """A fresh database holding ``entries`` entries, their tree and its checkpoints."""
+    if math.gcd(MULTIPLIER, handles(entries)) != 1:
         raise SystemExit(f"audit: choose another IDNODE_BENCH_AUDIT_ENTRIES ({MULTIPLIER} | H)")
     say(f"seeding {entries:,} audit entries into {DATABASE} (a fresh database)")
     phases = {"entries": 0.0, "tree": 0.0, "checkpoints": 0.0}
@@ -226,38 +274,11 @@ async def seed(server: str, entries: int, key: AuditKey) -> Seeding:
         )
         for row in indexes:
             await conn.execute(f"DROP INDEX {row['indexname']}")
-        done = 0
-        for size in stage_sizes(entries):
-            phases["entries"] += await load_entries(dsn, done, size, count)
-            await conn.execute("UPDATE audit_head SET size = $1", size)
-            began = time.perf_counter()
-            if await audit.integrate(conn) != size:
-                raise SystemExit(f"audit: the tree does not cover the {size:,} entries")
-            phases["tree"] += time.perf_counter() - began
-            began = time.perf_counter()
-            await audit.make_checkpoint(conn, key, checkpoint_clock(size))
-            phases["checkpoints"] += time.perf_counter() - began
-            say(
-                f"{size:,} entries, tree and checkpoint ({phases['entries']:,.0f} s writing,"
-                f" {phases['tree']:,.0f} s integrating)"
-            )
-            done = size
-        began = time.perf_counter()
-        await conn.execute(f"SET maintenance_work_mem = '{MAINTENANCE_WORK_MEM}'")
-        for row in indexes:
-            await conn.execute(row["indexdef"])
-        phases["indexes"] = time.perf_counter() - began
-        began = time.perf_counter()
-        for name in ("audit_log", "audit_tree", "audit_checkpoints"):
-            await conn.execute(f"VACUUM ANALYZE {name}")
-        phases["vacuum"] = time.perf_counter() - began
+        await build_in_stages(conn, dsn, entries, key, phases)
+        phases.update(await rebuild(conn, indexes))
         at = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
         seeding = Seeding(entries, phases, at, audit.key_id(key.public))
-        kept = orjson.dumps(
-            {"entries": entries, "phases": phases, "at": at, "key_id": seeding.key_id}
-        ).decode()
-        quoted = kept.replace("'", "''")
-        await conn.execute(f"COMMENT ON DATABASE {DATABASE} IS '{quoted}'")
+        await record(conn, seeding)
         if await seeding_of(conn, key) is None:
             raise SystemExit("audit: the seeded database does not hold the full set")
     finally:
