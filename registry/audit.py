@@ -103,21 +103,30 @@ class Change:
 
 
 _APPEND_ONE = (
-    "WITH head AS (UPDATE audit_head SET size = size + 1 RETURNING size)"
-    f" INSERT INTO audit_log ({', '.join(_COLUMNS)})"
-    " SELECT head.size - 1, $1, $2, $3, $4, $5, $6, $7, $8, $9 FROM head"
+    "WITH head AS (UPDATE audit_head SET size = size + 1 RETURNING size),"
+    f" entry AS (INSERT INTO audit_log ({', '.join(_COLUMNS)})"
+    " SELECT head.size - 1, $1, $2, $3, $4, $5, $6, $7, $8, $9 FROM head)"
+    " SELECT pg_notify($10, p) FROM unnest($11::text[]) AS p"
 )
+_NOTIFY = "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p"
 
 
-async def append(conn: asyncpg.Connection, changes: Sequence[Change]) -> None:
-    """Append ``changes`` in the caller's transaction, numbered after every committed entry.
+async def append(
+    conn: asyncpg.Connection,
+    changes: Sequence[Change],
+    channel: str = "",
+    notifications: Sequence[str] = (),
+) -> None:
+    """Append ``changes`` in the caller's transaction, numbered after every committed entry,
+    and send ``notifications`` on ``channel`` (with one change, in the same statement).
 
     The head's row stays locked until the transaction ends: append last, just before
     committing, so other writers wait for as short a time as possible.
     """
     if len(changes) == 1:
-        await conn.execute(_APPEND_ONE, *changes[0].row(0)[1:])
-    elif changes:
+        await conn.execute(_APPEND_ONE, *changes[0].row(0)[1:], channel, list(notifications))
+        return
+    if changes:
         size = await conn.fetchval(
             "UPDATE audit_head SET size = size + $1 RETURNING size", len(changes)
         )
@@ -127,6 +136,8 @@ async def append(conn: asyncpg.Connection, changes: Sequence[Change]) -> None:
             records=[c.row(first + i) for i, c in enumerate(changes)],
             columns=_COLUMNS,
         )
+    if notifications:
+        await conn.execute(_NOTIFY, channel, list(notifications))
 
 
 _STAGE = "idnode_audit_stage"

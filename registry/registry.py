@@ -168,7 +168,7 @@ class Registry:
                 await self._check_template(tx, h, values)
                 if not await tx.insert(h, values):
                     raise HandleAlreadyExists(handle=h.text)
-                await tx.audit(str(who), "create", h, [v.index for v in values])
+                tx.audit(str(who), "create", h, [v.index for v in values])
                 return PutResult(h.text, created=True)
             if not overwrite:
                 raise HandleAlreadyExists(handle=h.text)
@@ -178,7 +178,7 @@ class Registry:
             values = keep_timestamps(old.values, values)
             await self._check_template(tx, h, values)
             await tx.update(h, values)
-            await tx.audit(str(who), "replace", h, [v.index for v in values], before=old)
+            tx.audit(str(who), "replace", h, [v.index for v in values], before=old)
             return PutResult(h.text, created=False)
 
     async def put_values(
@@ -218,7 +218,7 @@ class Registry:
             merged = keep_timestamps(old.values, merged)
             await self._check_template(tx, h, merged)
             await tx.update(h, merged)
-            await tx.audit(str(who), "put-values", h, sorted(wanted), before=old)
+            tx.audit(str(who), "put-values", h, sorted(wanted), before=old)
         return PutResult(h.text, created=not overwrite)
 
     async def delete_record(self, who: Identity | None, h: hs.Handle) -> None:
@@ -231,7 +231,7 @@ class Registry:
                 )
             await self.authority.require(who, h, [Perm.DELETE_HANDLE], old.values, tx)
             await tx.delete(h)
-            await tx.audit(str(who), "delete", h, before=old)
+            tx.audit(str(who), "delete", h, before=old)
 
     async def delete_values(
         self, who: Identity | None, h: hs.Handle, indexes: Sequence[int]
@@ -252,7 +252,7 @@ class Registry:
             )
             await self._check_template(tx, h, kept)
             await tx.update(h, kept)
-            await tx.audit(str(who), "delete-values", h, sorted(wanted), before=old)
+            tx.audit(str(who), "delete-values", h, sorted(wanted), before=old)
 
     async def _check_template(
         self, tx: Transaction, h: hs.Handle, values: Sequence[hv.Value]
@@ -328,7 +328,7 @@ class Registry:
                 await tx.insert(record, values)
             else:
                 await tx.update(record, values)
-            await tx.audit(actor, "home-prefix", record, [v.index for v in values], before=old)
+            tx.audit(actor, "home-prefix", record, [v.index for v in values], before=old)
         return True
 
     async def publish_node_key(self) -> int:
@@ -373,7 +373,7 @@ class Registry:
                 return 0
             kept = [v for v in old.values if v.index != fresh.index]
             await tx.update(h, [*kept, fresh])
-            await tx.audit("node", operation, h, [fresh.index], before=old)
+            tx.audit("node", operation, h, [fresh.index], before=old)
         return 1
 
     async def delegate(self, prefix: str, site: hv.Value, *, actor: str = "cli") -> bool:
@@ -396,5 +396,5 @@ class Registry:
                 await tx.insert(h, [site])
             else:
                 await tx.update(h, [*kept, site])
-            await tx.audit(actor, "delegate", h, [site.index], before=old)
+            tx.audit(actor, "delegate", h, [site.index], before=old)
         return old is None

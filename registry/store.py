@@ -176,6 +176,8 @@ class Transaction:
         self.changed: set[str] = set()
         self._written: dict[str, str | None] = {}
         """The content each changed handle was left with (None: deleted), for its audit entry."""
+        self.entries: list[audit.Change] = []
+        """Audit entries to append when the transaction ends (see ``Store.writing``)."""
 
     @property
     def conn(self) -> asyncpg.Connection:
@@ -245,7 +247,7 @@ class Transaction:
             )
         )
 
-    async def audit(
+    def audit(
         self,
         actor: str,
         operation: str,
@@ -254,12 +256,11 @@ class Transaction:
         *,
         before: Record | None = None,
     ) -> None:
-        """Append the audit entry of this transaction's change to ``h`` (last, before commit):
-        its content ``before`` and the content this transaction left it with."""
+        """The audit entry of this transaction's change to ``h``: its content ``before`` and
+        the content this transaction left it with. Appended as the transaction ends."""
         after = self._written.get(h.key)
         content = None if before is None else before.raw
-        change = audit.Change(actor, operation, h.text, indexes, content, after)
-        await audit.append(self._conn, [change])
+        self.entries.append(audit.Change(actor, operation, h.text, indexes, content, after))
 
 
 ChangeHook = Callable[[Collection[str]], None]
@@ -333,12 +334,8 @@ class Store:
             async with conn.transaction():
                 tx = Transaction(conn)
                 yield tx
-                if tx.changed:
-                    await conn.execute(
-                        "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p",
-                        CHANNEL,
-                        notification_payloads(tx.changed),
-                    )
+                # last, in one statement: the audit log's head stays locked until the commit
+                await audit.append(conn, tx.entries, CHANNEL, notification_payloads(tx.changed))
         if tx.changed:
             for hook in self.on_change:
                 hook(tx.changed)
