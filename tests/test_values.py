@@ -487,7 +487,8 @@ def test_bit_order_bit_11_first() -> None:
     assert not perms.has("100000000000", Perm.ADD_HANDLE)
     assert perms.has("000000000001", Perm.ADD_HANDLE)
     assert not perms.has("000000000001", Perm.LIST_HANDLES)
-    assert perms.has("010000000000", Perm.ADD_ADMIN)
+    assert perms.has("010000000000", Perm.READ_VALUE)  # bit 10, as CNRI numbers them
+    assert perms.has("001000000000", Perm.ADD_ADMIN)
     assert perms.has("000000000010", Perm.DELETE_HANDLE)
 
 
