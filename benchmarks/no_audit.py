@@ -15,8 +15,21 @@ import asyncpg
 
 from registry import audit
 
+_NOTIFY = "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p"
 
-async def skip_append(conn: asyncpg.Connection, changes: Sequence[audit.Change]) -> None:
+
+async def skip_append(
+    conn: asyncpg.Connection,
+    changes: Sequence[audit.Change],
+    channel: str = "",
+    notifications: Sequence[str] = (),
+) -> None:
+    """Append nothing; still send the write's notifications, as every write does."""
+    if notifications:
+        await conn.execute(_NOTIFY, channel, list(notifications))
+
+
+async def skip_stage(conn: asyncpg.Connection, changes: Sequence[audit.Change]) -> None:
     return None
 
 
@@ -27,7 +40,7 @@ async def skip_append_staged(conn: asyncpg.Connection) -> None:
 def switch_off() -> None:
     """Replace the three functions every writer appends through (looked up at call time)."""
     audit.append = skip_append
-    audit.stage = skip_append
+    audit.stage = skip_stage
     audit.append_staged = skip_append_staged
 
 
