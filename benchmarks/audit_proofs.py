@@ -37,6 +37,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -169,18 +170,7 @@ async def seeding_of(conn: asyncpg.Connection, key: AuditKey) -> Seeding | None:
 
 
 async def existing(server: str, entries: int, key: AuditKey) -> Seeding | None:
-    conn = await asyncpg.connect(server)
-    try:
-        found = await conn.fetchval("SELECT true FROM pg_database WHERE datname = $1", DATABASE)
-    finally:
-        await conn.close()
-    if not found:
-        return None
-    conn = await asyncpg.connect(dataset.with_database(server, DATABASE))
-    try:
-        seeding = await seeding_of(conn, key)
-    finally:
-        await conn.close()
+    seeding = await dataset.kept(server, DATABASE, partial(seeding_of, key=key))
     if seeding is None or seeding.entries != entries:
         say(f"{DATABASE} does not hold {entries:,} entries signed with the bench key: reseeding")
         return None

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -39,6 +40,9 @@ DEFAULT_SECRET = "bench-secret"
 ADMIN_IDENTITY = f"{SECRET_INDEX}:0.NA/{PREFIX}"
 COLUMNS = ("prefix_key", "suffix_key", "handle", "values", "all_public", "public_ttl")
 MODELS = ("JXDY-2106", "JXDY-3300", "KTR-88A", "KTR-90B", "MX-410")
+
+
+T = TypeVar("T")
 
 
 def suffix(n: int) -> str:
@@ -166,3 +170,21 @@ async def copy_all(conn: asyncpg.Connection, count: int) -> None:
         if stop % (CHUNK * 4) == 0 or stop == count:
             rate = stop / (time.perf_counter() - started)
             print(f"bench: seeded {stop:,}/{count:,} ({rate:,.0f} rows/s)", flush=True)
+
+
+async def kept(
+    server: str, database: str, read: Callable[[asyncpg.Connection], Awaitable[T | None]]
+) -> T | None:
+    """What ``read`` finds in the kept benchmark database ``database``; None without one."""
+    conn = await asyncpg.connect(server)
+    try:
+        found = await conn.fetchval("SELECT true FROM pg_database WHERE datname = $1", database)
+    finally:
+        await conn.close()
+    if not found:
+        return None
+    conn = await asyncpg.connect(with_database(server, database))
+    try:
+        return await read(conn)
+    finally:
+        await conn.close()

@@ -252,18 +252,7 @@ async def seeding_of(conn: asyncpg.Connection) -> Seeding | None:
 
 
 async def existing(server: str, records: int) -> Seeding | None:
-    conn = await asyncpg.connect(server)
-    try:
-        found = await conn.fetchval("SELECT true FROM pg_database WHERE datname = $1", DATABASE)
-    finally:
-        await conn.close()
-    if not found:
-        return None
-    conn = await asyncpg.connect(dataset.with_database(server, DATABASE))
-    try:
-        seeding = await seeding_of(conn)
-    finally:
-        await conn.close()
+    seeding = await dataset.kept(server, DATABASE, seeding_of)
     if seeding is not None and seeding.records != records:
         print(f"search: {DATABASE} holds {seeding.records:,} records, want {records:,}")
         return None
