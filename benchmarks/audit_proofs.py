@@ -11,8 +11,8 @@
    before and after, the short content itself (none after a delete), one entry every
    3 s. Written set-based by ``INSERT ... SELECT FROM generate_series`` in chunks on two
    connections, with the log's secondary indexes dropped and rebuilt at the end.
-2. **The tree** is built by the node's own ``registry.audit.integrate`` in stages, and
-   a checkpoint signed with ``registry.audit.make_checkpoint`` after each (sizes
+2. **The tree** is built by the node's own ``registry.tree.integrate`` in stages, and
+   a checkpoint signed with ``registry.tree.make_checkpoint`` after each (sizes
    ``STAGES`` of the whole, the last one all of it), so consistency proofs have earlier
    checkpoints to start from. Its speed (entries/s) is the node's catch-up speed.
 3. **Latency** over HTTP against ``idnode serve`` (one worker, rate limits off, the
@@ -49,7 +49,7 @@ import orjson
 from benchmarks import dataset
 from benchmarks.search import Failed, Timing, expect, fetch, table
 from benchmarks.system import ROOT, free_port, server
-from registry import audit, verify
+from registry import audit, tree, verify
 from registry.keys import AuditKey
 
 ENTRIES = int(os.environ.get("IDNODE_BENCH_AUDIT_ENTRIES", "10000000"))
@@ -140,7 +140,7 @@ class Seeding:
         return [
             f"seeding: {self.entries:,} entries in {sum(self.phases.values()):,.0f} s; entries"
             f" written set-based at {self.entries / load:,.0f} rows/s [{when}]",
-            f"tree: registry.audit.integrate built it in {tree:,.0f} s:"
+            f"tree: registry.tree.integrate built it in {tree:,.0f} s:"
             f" {self.entries / tree:,.0f} entries/s (the node's catch-up speed)",
             f"seeding phases: {phases}",
         ]
@@ -161,10 +161,10 @@ async def seeding_of(conn: asyncpg.Connection, key: AuditKey) -> Seeding | None:
     row = await conn.fetchrow(
         "SELECT (SELECT size FROM audit_head) AS head, (SELECT max(size) FROM audit_checkpoints"
         " WHERE key_id = $1) AS signed",
-        audit.key_id(key.public),
+        tree.key_id(key.public),
     )
     complete = row["head"] == row["signed"] == seeding.entries
-    if not complete or await audit.tree_size(conn) != seeding.entries:
+    if not complete or await tree.tree_size(conn) != seeding.entries:
         return None
     return seeding
 
@@ -210,11 +210,11 @@ async def build_in_stages(
         phases["entries"] += await load_entries(dsn, done, size, count)
         await conn.execute("UPDATE audit_head SET size = $1", size)
         began = time.perf_counter()
-        if await audit.integrate(conn) != size:
+        if await tree.integrate(conn) != size:
             raise SystemExit(f"audit: the tree does not cover the {size:,} entries")
         phases["tree"] += time.perf_counter() - began
         began = time.perf_counter()
-        await audit.make_checkpoint(conn, key, checkpoint_clock(size))
+        await tree.make_checkpoint(conn, key, checkpoint_clock(size))
         phases["checkpoints"] += time.perf_counter() - began
         say(
             f"{size:,} entries, tree and checkpoint ({phases['entries']:,.0f} s writing,"
@@ -267,7 +267,7 @@ async def seed(server: str, entries: int, key: AuditKey) -> Seeding:
         await build_in_stages(conn, dsn, entries, key, phases)
         phases.update(await rebuild(conn, indexes))
         at = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-        seeding = Seeding(entries, phases, at, audit.key_id(key.public))
+        seeding = Seeding(entries, phases, at, tree.key_id(key.public))
         await record(conn, seeding)
         if await seeding_of(conn, key) is None:
             raise SystemExit("audit: the seeded database does not hold the full set")

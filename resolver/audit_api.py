@@ -24,7 +24,7 @@ import orjson
 from aiohttp import web
 from multidict import MultiMapping
 
-from registry import audit
+from registry import audit, tree
 from registry import handle as hs
 from registry import values as hv
 from registry.errors import (
@@ -65,8 +65,8 @@ async def get_checkpoint(request: web.Request) -> web.Response:
     node = request.app[api.NODE]
     size = _number(request.query, "size")
     async with translated(), node.store.pool.acquire() as conn:
-        row = await audit.checkpoint(conn, size)
-    return api.json_response({"responseCode": 1, **audit.checkpoint_json(row, _key(request))})
+        row = await tree.checkpoint(conn, size)
+    return api.json_response({"responseCode": 1, **tree.checkpoint_json(row, _key(request))})
 
 
 async def post_checkpoint(request: web.Request) -> web.Response:
@@ -77,9 +77,9 @@ async def post_checkpoint(request: web.Request) -> web.Response:
     if key is None:
         raise AuditNotFound("this node signs no checkpoints")
     async with translated(), node.store.pool.acquire() as conn:
-        made = await audit.make_checkpoint(conn, key, node.registry.clock)
-        row = made or await audit.checkpoint(conn)
-    body = {"responseCode": 1, **audit.checkpoint_json(row, key)}
+        made = await tree.make_checkpoint(conn, key, node.registry.clock)
+        row = made or await tree.checkpoint(conn)
+    body = {"responseCode": 1, **tree.checkpoint_json(row, key)}
     return api.json_response(body, 201 if made else 200)
 
 
@@ -136,14 +136,14 @@ async def get_proof(request: web.Request) -> web.Response:
         if handle is not None:
             request[api.HANDLE_TEXT] = handle
             h = hs.parse(handle)
-            covered = (await audit.checkpoint(conn, size))["size"]
+            covered = (await tree.checkpoint(conn, size))["size"]
             seq = await audit.latest_of(conn, h.text, covered)
             if seq is None:
                 raise AuditNotFound(
                     f"{handle} has no entry in the checkpoint of {covered} entries", handle=handle
                 )
         assert seq is not None
-        proof = await audit.inclusion_proof(conn, seq, size, _key(request))
+        proof = await tree.inclusion_proof(conn, seq, size, _key(request))
         if not _anonymous(request):  # the entry is read only for a caller who may see it
             row = await audit.entry(conn, seq)
             if await _may_see(request, row["handle"], conn):
@@ -158,7 +158,7 @@ async def get_consistency(request: web.Request) -> web.Response:
         raise ProtocolError("query parameter first (a checkpoint's size) is required")
     second = _number(request.query, "second")
     async with translated(), node.store.pool.acquire() as conn:
-        proof = await audit.consistency_proof(conn, first, second, _key(request))
+        proof = await tree.consistency_proof(conn, first, second, _key(request))
     return api.json_response({"responseCode": 1, **proof})
 
 
@@ -293,7 +293,7 @@ class Checkpointer:
         """One round; answers whether it signed a checkpoint."""
         key = self.registry.audit_key
         async with translated(), self.store.pool.acquire() as conn:
-            size = await audit.integrate(conn, wait=False)
+            size = await tree.integrate(conn, wait=False)
             latest = await conn.fetchrow(
                 "SELECT size, extract(epoch FROM at)::float8 AS at FROM audit_checkpoints"
                 " ORDER BY size DESC LIMIT 1"
@@ -304,7 +304,7 @@ class Checkpointer:
             late = self.every_seconds and self.clock() - last_at >= self.every_seconds
             if size - last_size < self.every_entries and not late:
                 return False
-            return await audit.make_checkpoint(conn, key, self.clock) is not None
+            return await tree.make_checkpoint(conn, key, self.clock) is not None
 
     async def run(self, ready: Callable[[], bool]) -> None:
         """Tick every second once ``ready`` (the database is migrated), until cancelled."""

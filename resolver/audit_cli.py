@@ -21,7 +21,7 @@ from typing import IO, Any
 
 import orjson
 
-from registry import audit, verify
+from registry import audit, tree, verify
 from registry import handle as hs
 from registry.errors import AuditNotFound, ConfigError, InvalidHandle
 from registry.keys import AuditKey
@@ -51,25 +51,25 @@ def _public_key(config: Config, given: str | None) -> bytes:
 async def _verify(store: Store, key: bytes, start: int | None) -> int:
     async with translated(), store.pool.acquire() as conn:
         checkpoints = [
-            audit.checkpoint_json(row, None)
+            tree.checkpoint_json(row, None)
             for row in await conn.fetch(
                 "SELECT size, root, at, body, key_id, signature FROM audit_checkpoints"
                 " ORDER BY size"
             )
         ]
         head = await conn.fetchval("SELECT size FROM audit_head")
-        tree = await audit.tree_size(conn)
+        integrated = await tree.tree_size(conn)
         checker = verify.LogChecker()
         if start:
             signed = next((c for c in checkpoints if c["size"] == start), None)
             if signed is None:
                 raise AuditNotFound(f"no checkpoint of size {start}")
-            parts = audit.decomposition(0, start)
+            parts = tree.decomposition(0, start)
             ranges = [(idx << level, (idx + 1) << level) for level, idx in parts]
-            checker = verify.LogChecker(start, await audit.hashes(conn, ranges))
+            checker = verify.LogChecker(start, await tree.hashes(conn, ranges))
             checker.check(signed, key)
         pending = [c for c in checkpoints if c["size"] > checker.size]
-        stored_root = await audit.root_at(conn, tree) if tree else None
+        stored_root = await tree.root_at(conn, integrated) if integrated else None
         checked = 0
         try:
             async for row in audit.entries(conn, checker.size):
@@ -78,9 +78,10 @@ async def _verify(store: Store, key: bytes, start: int | None) -> int:
                 while pending and pending[0]["size"] == checker.size:
                     checker.check(pending.pop(0), key)
                     checked += 1
-                if checker.size == tree and stored_root != checker.root():
+                if checker.size == integrated and stored_root != checker.root():
                     raise verify.VerificationError(
-                        f"the stored tree of {tree} entries does not match the entries", tree - 1
+                        f"the stored tree of {integrated} entries does not match the entries",
+                        integrated - 1,
                     )
             if pending:
                 raise verify.VerificationError(
@@ -118,8 +119,8 @@ def cmd_checkpoint(config: Config, args: argparse.Namespace) -> int:
 
     async def work(store: Store) -> int:
         async with translated(), store.pool.acquire() as conn:
-            row = await audit.make_checkpoint(conn, key, time.time) or await audit.checkpoint(conn)
-        sys.stdout.buffer.write(orjson.dumps(audit.checkpoint_json(row, key)) + b"\n")
+            row = await tree.make_checkpoint(conn, key, time.time) or await tree.checkpoint(conn)
+        sys.stdout.buffer.write(orjson.dumps(tree.checkpoint_json(row, key)) + b"\n")
         return 0
 
     return run(with_store(config, work, command_timeout=LONG_STATEMENT))
@@ -127,7 +128,7 @@ def cmd_checkpoint(config: Config, args: argparse.Namespace) -> int:
 
 def cmd_key(config: Config, args: argparse.Namespace) -> int:
     key = AuditKey.load_or_create(config.audit_key_path)
-    print(f"{base64.b64encode(key.public).decode('ascii')}  {audit.origin(key.public)}")
+    print(f"{base64.b64encode(key.public).decode('ascii')}  {tree.origin(key.public)}")
     return 0
 
 
@@ -180,17 +181,17 @@ async def _export(store: Store, args: argparse.Namespace, out: IO[bytes]) -> int
     report = _Report(out, args.prefix)
     async with translated(), store.pool.acquire() as conn:
         first, end = await audit.period(conn, args.since, args.until)
-        await audit.integrate(conn)
-        signed = await audit.covering(conn, end) if end else await audit.checkpoint(conn)
+        await tree.integrate(conn)
+        signed = await tree.covering(conn, end) if end else await tree.checkpoint(conn)
         if signed is None:
-            signed = await audit.make_checkpoint(conn, key, time.time)
+            signed = await tree.make_checkpoint(conn, key, time.time)
         if signed is None:
             raise AuditNotFound("the audit log has no checkpoint to report against")
         report.line(
             {
                 "type": "header",
                 "format": verify.FILING_FORMAT,
-                "origin": audit.origin(key.public),
+                "origin": tree.origin(key.public),
                 "from": args.since.isoformat(),
                 "to": args.until.isoformat(),
                 "prefix": args.prefix,
@@ -209,8 +210,8 @@ async def _export(store: Store, args: argparse.Namespace, out: IO[bytes]) -> int
                 hs.fold(prefix),
             )
         report.line({"type": "counts", "prefixes": report.counts})
-        report.line({"type": "checkpoint", **audit.checkpoint_json(signed, key)})
-        outside = await audit.hashes(conn, audit.outside_ranges(signed["size"], first, end))
+        report.line({"type": "checkpoint", **tree.checkpoint_json(signed, key)})
+        outside = await tree.hashes(conn, tree.outside_ranges(signed["size"], first, end))
         hashes = [base64.b64encode(h).decode("ascii") for h in outside]
         report.line({"type": "rangeProof", "hashes": hashes})
     print(

@@ -18,7 +18,7 @@ import asyncpg
 import orjson
 import pytest
 
-from registry import audit, merkle, migrate, verify
+from registry import audit, merkle, migrate, tree, verify
 from registry import handle as hs
 from registry import values as hv
 from registry.auth import Identity
@@ -51,7 +51,7 @@ class Log:
 
     async def checkpoint(self) -> asyncpg.Record | None:
         async with self.store.pool.acquire() as conn:
-            return await audit.make_checkpoint(conn, self.key, self.registry.clock)
+            return await tree.make_checkpoint(conn, self.key, self.registry.clock)
 
     async def rows(self, sql: str, *args: Any) -> list[asyncpg.Record]:
         async with self.store.pool.acquire() as conn:
@@ -182,12 +182,12 @@ async def test_concurrent_writers_get_gap_free_numbers_and_one_consistent_tree(l
     assert [r["seq"] for r in rows] == list(range(61))
     assert [r["at"] for r in rows] == sorted(r["at"] for r in rows)  # times follow numbers
     async with log.store.pool.acquire() as conn:
-        assert await audit.integrate(conn) == 61
+        assert await tree.integrate(conn) == 61
     checker = verify.LogChecker()
     async with log.store.pool.acquire() as conn:
         async for row in audit.entries(conn, 0):
             checker.add(audit.entry_json(row), row["content"], bytes(row["leaf"]))
-        assert checker.root() == await audit.root_at(conn, 61)
+        assert checker.root() == await tree.root_at(conn, 61)
 
 
 async def test_sql_and_python_build_the_same_leaf_for_awkward_entries(log: Log) -> None:
@@ -201,7 +201,7 @@ async def test_sql_and_python_build_the_same_leaf_for_awkward_entries(log: Log) 
         await audit.append(conn, changes[:1])
         await audit.append(conn, changes[1:])
     async with log.store.pool.acquire() as conn:
-        await audit.integrate(conn)
+        await tree.integrate(conn)
         rows = [row async for row in audit.entries(conn, 0)]
     assert len(rows) == 3
     for row in rows:
@@ -218,18 +218,18 @@ def test_proof_ranges_give_proofs_the_rfc_verifier_accepts(n: int) -> None:
     leaves, mth = _tree(n)
     root = mth(0, n)
     for m in range(n):
-        path = [mth(s, e) for s, e in audit.inclusion_ranges(m, n)]
+        path = [mth(s, e) for s, e in tree.inclusion_ranges(m, n)]
         assert merkle.verify_inclusion(leaves[m], m, n, path, root)
     for m in range(1, n + 1):
-        path = [mth(s, e) for s, e in audit.consistency_ranges(m, n)]
+        path = [mth(s, e) for s, e in tree.consistency_ranges(m, n)]
         assert merkle.verify_consistency(m, n, mth(0, m), root, path)
     for first in range(n + 1):
         for end in range(first, n + 1):
-            proof = [mth(s, e) for s, e in audit.outside_ranges(n, first, end)]
+            proof = [mth(s, e) for s, e in tree.outside_ranges(n, first, end)]
             assert verify.range_root(n, first, leaves[first:end], proof) == root
     for start in range(n):
         for end in range(start + 1, n + 1):
-            parts = audit.decomposition(start, end)
+            parts = tree.decomposition(start, end)
             assert sum(1 << level for level, _ in parts) == end - start
 
 
@@ -255,7 +255,7 @@ async def test_inclusion_and_consistency_proofs_check_out_with_the_standalone_ve
     async with log.store.pool.acquire() as conn:
         for size in sizes:
             for seq in range(size):
-                proof = await audit.inclusion_proof(conn, seq, size, log.key)
+                proof = await tree.inclusion_proof(conn, seq, size, log.key)
                 entry = audit.entry_json(await audit.entry(conn, seq))
                 assert verify.verify_inclusion_proof(proof, key, entry).size == size
                 wrong = {**entry, "actor": "mallory"}
@@ -264,10 +264,10 @@ async def test_inclusion_and_consistency_proofs_check_out_with_the_standalone_ve
         for first in sizes:
             for second in sizes:
                 if first <= second:
-                    proof = await audit.consistency_proof(conn, first, second, log.key)
+                    proof = await tree.consistency_proof(conn, first, second, log.key)
                     verify.verify_consistency_proof(proof, key)
         other = AuditKey.load_or_create(log.key_path.with_name("other.pem"))
-        proof = await audit.inclusion_proof(conn, 0, None, log.key)
+        proof = await tree.inclusion_proof(conn, 0, None, log.key)
         with pytest.raises(verify.VerificationError, match="not signed by the audit key"):
             verify.verify_inclusion_proof(proof, other.public)
         proof["path"] = proof["path"][1:]
@@ -341,7 +341,7 @@ async def test_a_checkpoint_signed_by_another_key_is_refused(log: Log) -> None:
     await log.registry.home_prefix("88.300.8", "s3cret")
     stranger = AuditKey.load_or_create(log.key_path.with_name("stranger.pem"))
     async with log.store.pool.acquire() as conn:
-        assert await audit.make_checkpoint(conn, stranger, log.registry.clock) is not None
+        assert await tree.make_checkpoint(conn, stranger, log.registry.clock) is not None
     bad = _cli(log, "verify")
     assert bad.returncode == 1
     assert "checkpoint of size 29 is not signed by the audit key" in bad.stderr
@@ -599,8 +599,8 @@ async def test_the_production_role_of_the_readme_cannot_touch_the_log(log: Log) 
         )
         assert await registry.home_prefix("88.300.11", "s3cret")
         async with pool.acquire() as conn:
-            await audit.integrate(conn)
-            assert await audit.make_checkpoint(conn, log.key, registry.clock) is not None
+            await tree.integrate(conn)
+            assert await tree.make_checkpoint(conn, log.key, registry.clock) is not None
             for sql in (
                 "UPDATE audit_log SET actor = 'x'",
                 "DELETE FROM audit_log",
