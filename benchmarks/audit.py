@@ -36,7 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -187,23 +187,34 @@ class Compared:
         return ", ".join(f"{w:,.0f}/{o:,.0f}" for w, o in pairs)
 
 
-async def measure_writes(server: str, writes: int = WRITES) -> Compared:
+async def alternated(
+    title: str,
+    name: str,
+    unit: str,
+    size: int,
+    rounds: int,
+    one: Callable[[bool, int], Awaitable[float]],
+) -> Compared:
+    """``rounds`` rounds of ``one(audited, round)`` (its seconds for ``size`` items), with the log
+    and without it in turn, so a busy machine slows both alike."""
     with_log: list[float] = []
     without: list[float] = []
-    for r in range(WRITE_ROUNDS):
+    for r in range(rounds):
         for audited, rates in ((True, with_log), (False, without)):
-            seconds = await write_round(server, audited, writes, seed=r)
-            rates.append(writes / seconds)
+            rates.append(size / await one(audited, r))
             say(
-                f"writes round {r + 1} {'with' if audited else 'without'} the log:"
-                f" {rates[-1]:,.0f} writes/s"
+                f"{name} round {r + 1} {'with' if audited else 'without'} the log:"
+                f" {rates[-1]:,.0f} {unit}"
             )
-    return Compared(
-        "single writes (in-process put_record, 8 tasks)", "writes/s", writes, with_log, without
-    )
+    return Compared(title, unit, size, with_log, without)
 
 
-# --- 2. bulk import ------------------------------------------------------------------------
+async def measure_writes(server: str, writes: int = WRITES) -> Compared:
+    async def one(audited: bool, r: int) -> float:
+        return await write_round(server, audited, writes, seed=r)
+
+    title = "single writes (in-process put_record, 8 tasks)"
+    return await alternated(title, "writes", "writes/s", writes, WRITE_ROUNDS, one)
 
 
 def import_process(module: str, dsn: str, work: Path, source: Path) -> float:
@@ -241,26 +252,16 @@ async def import_round(server: str, audited: bool, work: Path, source: Path, row
 
 
 async def measure_import(server: str, rows: int = IMPORT_ROWS) -> Compared:
-    with_log: list[float] = []
-    without: list[float] = []
     with tempfile.TemporaryDirectory(prefix="idnode-bench-audit-") as tmp:
         work = Path(tmp)
         source = work / "parts.csv"
         bulk.write_csv(source, IMPORT_PREFIX, rows)
-        for r in range(IMPORT_ROUNDS):
-            for audited, rates in ((True, with_log), (False, without)):
-                seconds = await import_round(server, audited, work, source, rows)
-                rates.append(rows / seconds)
-                say(
-                    f"import round {r + 1} {'with' if audited else 'without'} the log:"
-                    f" {rates[-1]:,.0f} rows/s"
-                )
-    return Compared(
-        "idnode import (own process, CSV, template checked)", "rows/s", rows, with_log, without
-    )
 
+        async def one(audited: bool, r: int) -> float:
+            return await import_round(server, audited, work, source, rows)
 
-# --- all of it -----------------------------------------------------------------------------
+        title = "idnode import (own process, CSV, template checked)"
+        return await alternated(title, "import", "rows/s", rows, IMPORT_ROUNDS, one)
 
 
 def load() -> str:
